@@ -1,0 +1,58 @@
+"""Every exception taskqueue raises, in one place.
+
+The tree::
+
+    Exception
+     +-- TaskQueueError                  base of everything the queue raises
+          +-- QueueFull                  no room within the allowed wait
+          +-- QueueClosed (RuntimeError) the queue no longer accepts work
+          +-- Retry                      raised *by a task* to ask for a retry
+
+``QueueClosed`` is also a ``RuntimeError`` (as CPython's ``BrokenExecutor``
+is) so that ``except RuntimeError`` written for ``ThreadPoolExecutor`` keeps
+working when a ``TaskQueue`` is dropped in its place.
+"""
+
+from __future__ import annotations
+
+from .validate import optional_seconds
+
+__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry"]
+
+
+class TaskQueueError(Exception):
+    """Raised by taskqueue; the base of every error it defines."""
+
+
+class QueueFull(TaskQueueError):
+    """Raised when the queue stays full for longer than the caller allowed."""
+
+
+class QueueClosed(TaskQueueError, RuntimeError):
+    """Raised when work is offered to a queue that has been shut down."""
+
+
+class Retry(TaskQueueError):
+    """Raised by a task to ask for another attempt.
+
+    It counts against the task's ``retries`` like any other failure, but is
+    retried even when it is not listed in ``retry_on``.
+
+    Args:
+        delay: seconds to wait before the next attempt; ``None`` uses the
+            task's backoff.
+
+    Raises:
+        TypeError: ``delay`` is not a number.
+        ValueError: ``delay`` is negative, NaN or infinite.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        delay = optional_seconds("delay", delay)
+        super().__init__(delay)
+        self.delay = delay
+
+    def __str__(self) -> str:
+        if self.delay is None:
+            return "task asked for a retry"
+        return f"task asked for a retry in {self.delay}s"

@@ -1,0 +1,561 @@
+"""TaskQueue: the pool that validates, wires the parts together and serves users.
+
+Producers call :meth:`TaskQueue.submit`, which puts a :class:`TaskHandle`
+on a bounded :class:`WorkQueue`; a fixed pool of daemon :class:`Worker`
+threads drains it; failed attempts go to the :func:`retry.decide` policy,
+and those worth another try wait in the :class:`Scheduler` (or re-enter the
+queue at once when the backoff is zero); the rest end as dead letters.
+
+Every accepted task is marked done on the work queue exactly once, when it
+becomes terminal (succeeded, failed or cancelled); ``join`` and the
+shutdown drain wait on that count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import traceback
+import weakref
+from concurrent.futures import Executor
+from time import monotonic
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+from . import validate
+from .deadletter import DeadLetter, DeadLetterStore
+from .errors import QueueClosed
+from .events import EventKind, Listener, Listeners
+from .retry import Backoff, RetryPolicy, RandomSource, check_retry_on, decide
+from .scheduler import Scheduler
+from .stats import Stats, WorkerTally, snapshot
+from .task import Task, TaskHandle, callable_name
+from .worker import STOP, Worker
+from .workqueue import WorkQueue
+
+__all__ = ["TaskQueue"]
+
+log = logging.getLogger(__name__)
+
+_NEW, _RUNNING, _CLOSED = "new", "running", "closed"
+
+
+class TaskQueue(Executor):
+    """A bounded queue drained by a fixed pool of worker threads, with retries.
+
+    A drop-in ``concurrent.futures.Executor``: use it in ``with`` blocks,
+    with ``executor.map`` and with ``loop.run_in_executor``.
+
+    Args:
+        workers: how many worker threads (>= 1).
+        maxsize: how many tasks may wait in the queue before ``submit``
+            blocks (backpressure); 0 means no bound.
+        name: prefix of the thread names (``f"{name}-worker-{i}"``) and of
+            log and error messages.
+        retries: default number of retries after a failed first attempt.
+        backoff: default delays between attempts; ``Backoff()`` if None.
+        retry_on: default exception classes worth a retry.
+        submit_timeout: the most seconds ``submit`` waits for room before
+            raising :class:`QueueFull`; None waits for ever.
+        dead_letter_limit: how many dead letters to keep (oldest dropped).
+        clock: the monotonic clock used for backoffs and timings.
+        rng: the source of backoff jitter (``random`` if None).
+
+    Raises:
+        TypeError: a parameter has the wrong type.
+        ValueError: a parameter is out of range (the message names it).
+
+    Threads start on :meth:`start`, on entering ``with``, or on the first
+    submit, whichever comes first. Every public method is safe to call from
+    any thread.
+    """
+
+    def __init__(
+        self,
+        workers: int = 4,
+        maxsize: int = 1024,
+        *,
+        name: str = "taskqueue",
+        retries: int = 0,
+        backoff: Optional[Backoff] = None,
+        retry_on: Any = (Exception,),
+        submit_timeout: Optional[float] = None,
+        dead_letter_limit: int = 10_000,
+        clock: Callable[[], float] = monotonic,
+        rng: Optional[RandomSource] = None,
+    ) -> None:
+        validate.whole_number("workers", workers, minimum=1)
+        validate.whole_number("maxsize", maxsize, minimum=0)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        validate.whole_number("retries", retries, minimum=0)
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a Backoff or None, got {backoff!r}")
+        retry_on = check_retry_on(retry_on)
+        self._submit_timeout = validate.optional_seconds("submit_timeout", submit_timeout)
+        validate.whole_number("dead_letter_limit", dead_letter_limit, minimum=0)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+
+        self.name = name
+        """The queue's name, as given."""
+        self._workers = workers
+        self._clock = clock
+        self._policy = RetryPolicy(retries, backoff or Backoff(), retry_on, rng)
+        self._work = WorkQueue(maxsize, name)
+        self._scheduler = Scheduler(self._reenter, clock=clock, name=f"{name}-scheduler")
+        self._dead = DeadLetterStore(dead_letter_limit)
+        self._listeners = Listeners()
+        self._lock = threading.Lock()  # guards the lifecycle and the cancelled count
+        self._phase = _NEW
+        self._ready = False  # True only while accepting: the one check on submit's fast path
+        self._forked = False
+        self._cancelled = 0
+        self._pool: List[Worker] = []
+        self._worker_ids: frozenset[int] = frozenset()
+        self._stopping = False
+        self._pid = os.getpid()
+        self._on_cancel = self._count_cancelled  # one bound method for every handle
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> TaskQueue:
+        """Start the worker threads; does nothing if they run already.
+
+        Returns:
+            This queue, so that ``q = TaskQueue().start()`` reads well.
+
+        Raises:
+            QueueClosed: the queue was shut down (or belongs to a parent process).
+        """
+        with self._lock:
+            self._check_usable()
+            if self._phase == _NEW:
+                for index in range(self._workers):
+                    self._start_worker(index, WorkerTally())
+                self._scheduler.start()
+                _register(self)
+                self._phase = _RUNNING
+                self._ready = True
+        return self
+
+    def __enter__(self) -> TaskQueue:
+        return self.start()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: Optional[float] = None) -> None:
+        """Stop accepting tasks and wind the pool down.
+
+        After this, ``submit`` raises :class:`QueueClosed`.
+
+        Args:
+            wait: wait for the pool to wind down before returning. Called
+                from one of this queue's own workers, the call never waits
+                (it would wait for itself) and the winding down goes on in
+                the background.
+            cancel_futures: cancel every task that has not started (queued,
+                or waiting for a retry); running attempts finish, and do not
+                retry. Without it, everything accepted is drained, pending
+                retries included.
+            timeout: drain for at most this many seconds, then cancel what
+                has not started and return without waiting for running
+                attempts (they finish in the background).
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN.
+
+        Idempotent and safe from any thread: a later call can still cancel
+        (``cancel_futures=True``) or wait.
+        """
+        timeout = validate.optional_seconds("timeout", timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        with self._lock:
+            if self._forked:
+                return  # the parent's threads do not exist in this process
+            self._ready = False
+            self._work.close()
+            started = self._phase != _NEW
+            self._phase = _CLOSED
+        if not started:
+            return
+        if cancel_futures:
+            self._cancel_not_started()
+        if not wait or threading.get_ident() in self._worker_ids:
+            self._wind_down_in_background()
+            return
+        if not self._work.wait_all_done(timeout):
+            self._cancel_not_started()
+        self._stop_threads()
+        self._join_threads(deadline)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Queue ``fn(*args, **kwargs)`` and return its handle at once.
+
+        Blocks while the queue is full (backpressure), at most
+        ``submit_timeout`` seconds. A worker thread of this queue never
+        blocks on its own queue: its submissions are admitted past the
+        bound, so a task may submit follow-up work without deadlocking.
+
+        Args:
+            fn: a callable, or a :class:`Task` (then no further arguments).
+
+        Raises:
+            TypeError: ``fn`` is not callable, or a Task came with arguments.
+            QueueFull: no room within ``submit_timeout``.
+            QueueClosed: the queue was shut down.
+        """
+        if not self._ready:
+            self._prepare()
+        handle = self._handle_for(fn, args, kwargs)
+        self._admit(handle, True, self._submit_timeout)
+        return handle
+
+    def submit_nowait(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Like :meth:`submit`, but raise :class:`QueueFull` at once when full."""
+        if not self._ready:
+            self._prepare()
+        handle = self._handle_for(fn, args, kwargs)
+        self._admit(handle, False, None)
+        return handle
+
+    def _handle_for(self, fn: Any, args: Tuple[Any, ...], kwargs: dict) -> TaskHandle:
+        if type(fn) is Task:
+            if args or kwargs:
+                raise TypeError("submit(task) takes no further arguments; "
+                                "put them in Task(fn, args, kwargs)")
+            handle = TaskHandle(fn.fn, fn.args, fn.kwargs or None, fn.name,
+                                fn.policy(self._policy), self._on_cancel)
+            handle._task = fn
+        elif callable(fn):
+            handle = TaskHandle(fn, args, kwargs or None, callable_name(fn),
+                                self._policy, self._on_cancel)
+        else:
+            raise TypeError(f"fn must be callable or a Task, got {fn!r}")
+        handle._submitted_at = self._clock()
+        return handle
+
+    def _admit(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> None:
+        bounded = threading.get_ident() not in self._worker_ids
+        self._work.admit(handle, block=block, timeout=timeout, bounded=bounded)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.SUBMITTED, handle)
+
+    def _prepare(self) -> None:
+        # The slow path of submit: first use starts the pool; a closed or
+        # inherited queue refuses with a clear error.
+        self.start()
+
+    # -- waiting and watching ------------------------------------------------
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every task accepted so far is terminal, retries included.
+
+        Like ``queue.Queue.join``, it returns when no accepted task is left
+        unfinished; while other threads keep submitting, it waits for their
+        tasks too.
+
+        Args:
+            timeout: the most seconds to wait; None waits for ever.
+
+        Returns:
+            True if every task ended, False if ``timeout`` passed first.
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN.
+            RuntimeError: called from one of this queue's workers (it would
+                wait for itself).
+            QueueClosed: the queue belongs to a parent process.
+        """
+        timeout = validate.optional_seconds("timeout", timeout)
+        self._refuse_if_forked()
+        if threading.get_ident() in self._worker_ids:
+            raise RuntimeError("join() called from a worker of the same queue would wait for itself")
+        return self._work.wait_all_done(timeout)
+
+    def stats(self) -> Stats:
+        """Return a snapshot of the counters and recent timings.
+
+        At rest, ``submitted == succeeded + failed + cancelled + pending + running``.
+        """
+        self._refuse_if_forked()
+        with self._lock:
+            held, dropped = self._dead.counts()
+            return snapshot(
+                [worker.tally for worker in self._pool],
+                read_submitted=self._read_submitted,
+                cancelled=self._cancelled,
+                workers=self._workers,
+                dead_letters=held,
+                dead_letters_dropped=dropped,
+                now=self._clock(),
+            )
+
+    def dead_letters(self) -> List[DeadLetter]:
+        """Return the dead letters held, oldest first (a copy)."""
+        self._refuse_if_forked()
+        return self._dead.letters()
+
+    def requeue(self, dead_letter: DeadLetter) -> TaskHandle:
+        """Submit a dead letter's task again and forget the letter.
+
+        Returns:
+            The new submission's handle.
+
+        Raises:
+            TypeError: ``dead_letter`` is not a DeadLetter.
+            QueueFull, QueueClosed: as :meth:`submit`.
+        """
+        if not isinstance(dead_letter, DeadLetter):
+            raise TypeError(f"dead_letter must be a DeadLetter, got {dead_letter!r}")
+        handle = self.submit(dead_letter.task)
+        self._dead.remove(dead_letter)
+        return handle
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(event)`` for every task event from now on.
+
+        Listeners run in the thread where the event happens and should be
+        quick; one that raises is logged and never breaks a worker.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        self._refuse_if_forked()
+        self._listeners.add(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        """Stop calling ``callback``.
+
+        Raises:
+            ValueError: it is not a listener of this queue.
+        """
+        self._listeners.remove(callback)
+
+    def __repr__(self) -> str:
+        return f"<TaskQueue {self.name!r} workers={self._workers} {self._phase}>"
+
+    # -- what workers report (the seams a test may override) -----------------
+
+    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
+        """Acknowledge an attempt that returned: the task succeeded."""
+        tally.running = 0
+        tally.succeeded += 1
+        handle._succeed(result)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.SUCCEEDED, handle)
+        self._work.task_done()
+
+    def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
+        """Acknowledge an attempt that raised: retry it, or fail the task."""
+        tally.running = 0
+        attempt = handle._attempts
+        delay = decide(handle._policy, exc, attempt)
+        if delay is None:
+            self._fail(handle, exc, tally)
+            return
+        tally.retried += 1
+        log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %r",
+                    handle._name, handle.id, attempt, delay, exc)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.RETRYING, handle, exc)
+        if delay > 0:
+            handle._back_to_pending(scheduled=True)
+            if not self._scheduler.schedule(handle, self._clock() + delay):
+                handle.cancel()  # shutdown is cancelling what has not started
+        else:
+            handle._back_to_pending(scheduled=False)
+            self._reenter(handle)
+
+    def _fail(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
+        self._dead.add(self._dead_letter(handle, exc))
+        tally.failed += 1
+        handle._fail(exc)
+        log.error("task %s (%s) failed after %d attempt(s)", handle._name, handle.id,
+                  handle._attempts, exc_info=exc)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.FAILED, handle, exc)
+        self._work.task_done()
+
+    def _dead_letter(self, handle: TaskHandle, exc: BaseException) -> DeadLetter:
+        now_wall, now = time.time(), self._clock()
+        task = handle._task or Task(handle._fn, handle._args, handle._kwargs,  # type: ignore[arg-type]
+                                    name=handle._name)
+        return DeadLetter(
+            task=task,
+            task_id=handle.id,
+            exception=exc,
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            attempts=handle._attempts,
+            submitted_at=now_wall - (now - handle._submitted_at),
+            failed_at=now_wall,
+        )
+
+    def _worker_crashed(self, worker: Worker, exc: BaseException) -> None:
+        # Runs on the dying thread. The in-flight task goes back on the queue
+        # (it may run twice, it is never dropped), and a new thread takes the
+        # dead one's place and tally so that the pool keeps its size.
+        log.critical("worker %s died; its task is requeued and a new worker started",
+                     worker.thread.name, exc_info=exc)
+        handle = worker.current
+        worker.current = None
+        if handle is not None:
+            if handle.done():
+                self._work.task_done()  # it ended; only the acknowledgement was lost
+            else:
+                worker.tally.running = 0
+                worker.tally.retried += 1
+                handle._back_to_pending(scheduled=False)
+                self._reenter(handle)
+        with self._lock:
+            self._pool.remove(worker)
+            self._worker_ids = self._worker_ids - {worker.thread.ident}
+            try:
+                self._start_worker(worker.index, worker.tally)
+            except RuntimeError:  # at interpreter exit no thread can start
+                log.error("could not replace worker %s", worker.thread.name)
+
+    # -- internals -----------------------------------------------------------
+
+    def _start_worker(self, index: int, tally: WorkerTally) -> None:
+        # Called with self._lock held.
+        worker = Worker(
+            index, self._work, tally,
+            clock=self._clock,
+            listeners=self._listeners,
+            report_success=self._settle_success,
+            report_failure=self._settle_failure,
+            on_crash=self._worker_crashed,
+            name=f"{self.name}-worker-{index}",
+        )
+        worker.thread.start()
+        self._pool.append(worker)
+        self._worker_ids = self._worker_ids | {worker.thread.ident}
+
+    def _reenter(self, handle: TaskHandle) -> None:
+        # Back into the queue past the bound: a retry that is due, or the
+        # task of a dead worker. Once shutdown has cancelled what had not
+        # started, the queue is sealed and this one is cancelled too.
+        handle._scheduled = False
+        handle._enqueued_at = self._clock()
+        if not self._work.reenter(handle):
+            handle.cancel()
+
+    def _count_cancelled(self, handle: TaskHandle) -> None:
+        # Called once per cancelled handle, by whoever cancelled it.
+        with self._lock:
+            self._cancelled += 1
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.CANCELLED, handle)
+        self._work.task_done()
+
+    def _cancel_not_started(self) -> None:
+        for item in self._work.seal() + self._scheduler.seal():
+            if isinstance(item, TaskHandle):
+                item.cancel()
+            else:
+                self._work.wake_workers(item)  # a stop sentinel: keep it queued
+
+    def _stop_threads(self) -> None:
+        # Only after the drain: nothing is left to retry, so the timer can go,
+        # and the workers can be told to stop.
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._scheduler.stop()
+        self._work.wake_workers(STOP)
+
+    def _join_threads(self, deadline: Optional[float]) -> None:
+        while True:
+            with self._lock:
+                alive = [w.thread for w in self._pool if w.thread.is_alive()]
+            if not alive:
+                return
+            for thread in alive:
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                thread.join(remaining)
+
+    def _wind_down_in_background(self) -> None:
+        def wind_down() -> None:
+            self._work.wait_all_done()
+            self._stop_threads()
+            self._join_threads(None)
+        threading.Thread(target=wind_down, name=f"{self.name}-shutdown", daemon=True).start()
+
+    def _read_submitted(self) -> int:
+        with self._work.mutex:
+            return self._work.admitted
+
+    def _check_usable(self) -> None:
+        self._refuse_if_forked()
+        if self._phase == _CLOSED:
+            raise self._work.closed_error()
+
+    def _refuse_if_forked(self) -> None:
+        # The parent's threads are gone in a forked child, and its locks may
+        # have been copied while held: touching them could hang for ever.
+        if self._forked:
+            raise QueueClosed(
+                f"{self.name} was created in process {self._pid} and cannot be used "
+                "in a forked child; create a new TaskQueue in the child")
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._ready = False
+        self._lock = threading.Lock()
+
+
+# -- every live queue, for interpreter exit and fork ---------------------------
+
+_live: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _register(queue: TaskQueue) -> None:
+    with _live_lock:
+        _live.add(queue)
+
+
+def _drain_at_exit() -> None:
+    # A script that submits work and forgets shutdown() still gets its work
+    # done, as with ThreadPoolExecutor. atexit callbacks run while daemon
+    # threads are still alive, after non-daemon threads were joined.
+    with _live_lock:
+        queues = list(_live)
+    for queue in queues:
+        if queue._pid == os.getpid():
+            queue.shutdown(wait=True)
+
+
+def _before_fork() -> None:
+    _live_lock.acquire()  # no queue registers half-way through a fork
+
+
+def _after_fork_in_parent() -> None:
+    _live_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _live_lock
+    _live_lock = threading.Lock()  # the copied one is held by the forking thread
+    for queue in list(_live):
+        queue._after_fork_in_child()
+    _live.clear()
+
+
+atexit.register(_drain_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -1,0 +1,142 @@
+"""A due-time heap and one timer thread that hands due items back.
+
+Retries that wait out a backoff (and, later, delayed tasks) wait here, not
+in a sleeping worker. The scheduler knows nothing about tasks: it holds
+items with due times and calls ``on_due(item)`` from its own thread when
+each falls due. Time is a parameter (``clock``), as in ``sched.scheduler``,
+so tests can drive it with a fake clock through :meth:`Scheduler.run_due`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from time import monotonic
+from typing import Any, Callable, List, Optional, Tuple
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Holds items until they are due, then passes each to ``on_due``.
+
+    Args:
+        on_due: called with each item once it is due, from the timer thread
+            (or from the caller of :meth:`run_due`); it must not block long.
+        clock: returns the current time in seconds; ``time.monotonic``.
+        name: the timer thread's name.
+
+    Items due at the same time come out in the order they were scheduled.
+    """
+
+    def __init__(
+        self,
+        on_due: Callable[[Any], None],
+        *,
+        clock: Callable[[], float] = monotonic,
+        name: str = "taskqueue-scheduler",
+    ) -> None:
+        self._on_due = on_due
+        self._clock = clock
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: List[Tuple[float, int, Any]] = []
+        self._order = itertools.count()
+        self._sealed = False
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the timer thread (a daemon); does nothing if it runs already."""
+        with self._cond:
+            if self._thread is not None or self._stopping:
+                return
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+
+    def schedule(self, item: Any, due: float) -> bool:
+        """Hold ``item`` until the clock reads ``due``.
+
+        Returns:
+            False, holding nothing, if the scheduler was sealed (see
+            :meth:`seal`); True otherwise.
+        """
+        with self._cond:
+            if self._sealed:
+                return False
+            heapq.heappush(self._heap, (due, next(self._order), item))
+            if self._heap[0][2] is item:  # a new earliest: the timer must re-aim
+                self._cond.notify()
+            return True
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def seal(self) -> List[Any]:
+        """Refuse all further items and return the ones held, earliest first."""
+        with self._cond:
+            self._sealed = True
+            items = [entry[2] for entry in sorted(self._heap)]
+            self._heap.clear()
+            return items
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop the timer thread and wait up to ``timeout`` for it to end.
+
+        Items still held stay held (see :meth:`seal` to take them).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def run_due(self) -> Optional[float]:
+        """Hand every item that is due now to ``on_due``.
+
+        Returns:
+            The due time of the next item still held, or None if none is.
+        """
+        due_items, next_due = self._pop_due()
+        self._hand_over(due_items)
+        return next_due
+
+    def _pop_due(self) -> Tuple[List[Any], Optional[float]]:
+        with self._cond:
+            return self._pop_due_locked()
+
+    def _pop_due_locked(self) -> Tuple[List[Any], Optional[float]]:
+        now = self._clock()
+        heap = self._heap
+        due_items = []
+        while heap and heap[0][0] <= now:
+            due_items.append(heapq.heappop(heap)[2])
+        return due_items, (heap[0][0] if heap else None)
+
+    def _hand_over(self, items: List[Any]) -> None:
+        for item in items:
+            try:
+                self._on_due(item)
+            except BaseException:  # one bad hand-over must not stop the timer
+                log.exception("scheduler %s could not hand over %r", self._name, item)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    due_items, next_due = self._pop_due_locked()
+                    if due_items:
+                        break
+                    timeout = None if next_due is None else max(0.0, next_due - self._clock())
+                    self._cond.wait(timeout)
+            # on_due runs outside the lock so that it may schedule again.
+            self._hand_over(due_items)
+            due_items = []  # drop references to handed-over items

@@ -1,0 +1,487 @@
+"""What a unit of work is, and the handle that follows it to its end.
+
+:class:`Task` is a frozen description of work; :class:`TaskHandle` is the
+``concurrent.futures.Future`` a caller gets back; :class:`TaskState` names
+the states a handle moves through. This module holds data and state
+transitions only: who moves a handle, and when, is the pool's business.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import os
+import threading
+from concurrent.futures import CancelledError, Future, TimeoutError
+# cf.wait() and cf.as_completed() read these exact state values off every
+# Future they are given, so a handle must use them for its own state.
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from dataclasses import FrozenInstanceError
+from time import monotonic
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+from .retry import Backoff, RetryPolicy, check_retry_on
+from .validate import whole_number
+
+__all__ = ["Task", "TaskState", "TaskHandle", "callable_name"]
+
+log = logging.getLogger(__name__)
+
+# Handle ids are unique within a process and, through the random prefix,
+# across the runs of a program; formatting is deferred until someone asks.
+_ID_PREFIX = os.urandom(4).hex()
+_next_seq = itertools.count(1).__next__
+# Guards the lazy creation of a handle's Condition; held for a moment, rarely.
+_condition_creation = threading.Lock()
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life. The last three are terminal."""
+
+    PENDING = "pending"
+    """Queued, waiting for a worker."""
+    SCHEDULED = "scheduled"
+    """Waiting out a backoff (or a delay) before it is queued again."""
+    RUNNING = "running"
+    """An attempt is running on a worker."""
+    SUCCEEDED = "succeeded"
+    """The last attempt returned; ``result()`` gives its value."""
+    FAILED = "failed"
+    """Retries ran out or the error was not retryable; ``result()`` raises it."""
+    CANCELLED = "cancelled"
+    """Cancelled before an attempt started; ``result()`` raises CancelledError."""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether a task in this state will never change again."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """Return the name taskqueue shows for ``fn``: its qualified name."""
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    return type(fn).__qualname__
+
+
+class Task:
+    """A frozen description of one unit of work.
+
+    Fields left as ``None`` take the defaults of the queue the task is
+    submitted to. A Task can be submitted any number of times; each
+    submission gets its own :class:`TaskHandle`.
+
+    Args:
+        fn: the callable to run.
+        args: positional arguments for ``fn`` (any iterable; kept as a tuple).
+        kwargs: keyword arguments for ``fn`` (kept as a copy).
+        name: shown in logs, events and dead letters; defaults to the
+            qualified name of ``fn``.
+        retries: how many times a failed attempt may be retried (>= 0).
+        backoff: the delays between attempts.
+        retry_on: the exception class, or tuple of classes, worth a retry.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or a field has the wrong type.
+        ValueError: ``retries`` is negative.
+    """
+
+    __slots__ = ("fn", "args", "kwargs", "name", "retries", "backoff", "retry_on")
+
+    fn: Callable[..., Any]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    name: str
+    retries: Optional[int]
+    backoff: Optional[Backoff]
+    retry_on: Optional[Tuple[Type[BaseException], ...]]
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: Any = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        name: Optional[str] = None,
+        retries: Optional[int] = None,
+        backoff: Optional[Backoff] = None,
+        retry_on: Any = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if isinstance(args, (str, bytes)) or not _is_iterable(args):
+            raise TypeError(f"args must be a tuple of arguments, got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict or None, got {kwargs!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        if retries is not None:
+            whole_number("retries", retries, minimum=0)
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a Backoff or None, got {backoff!r}")
+        if retry_on is not None:
+            retry_on = check_retry_on(retry_on)
+        _init = object.__setattr__
+        _init(self, "fn", fn)
+        _init(self, "args", tuple(args))
+        _init(self, "kwargs", dict(kwargs) if kwargs else {})
+        _init(self, "name", name or callable_name(fn))
+        _init(self, "retries", retries)
+        _init(self, "backoff", backoff)
+        _init(self, "retry_on", retry_on)
+
+    def replace(self, **changes: Any) -> Task:
+        """Return a copy of this task with the given fields changed.
+
+        Raises:
+            TypeError, ValueError: as the constructor does for a bad field.
+        """
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"Task has no field(s) {sorted(unknown)}")
+        fields.update(changes)
+        fn, args, kwargs = fields.pop("fn"), fields.pop("args"), fields.pop("kwargs")
+        return Task(fn, args, kwargs, **fields)
+
+    def policy(self, default: RetryPolicy) -> RetryPolicy:
+        """Return ``default`` with this task's own retry settings laid over it."""
+        if self.retries is None and self.backoff is None and self.retry_on is None:
+            return default
+        return RetryPolicy(
+            default.retries if self.retries is None else self.retries,
+            default.backoff if self.backoff is None else self.backoff,
+            default.retry_on if self.retry_on is None else self.retry_on,
+            default.rng,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: a Task is frozen")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: a Task is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Task):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # kwargs is a dict
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Task({shown})"
+
+
+def _is_iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
+
+
+class TaskHandle(Future):  # type: ignore[type-arg]
+    """The future of one submitted task: a real ``concurrent.futures.Future``.
+
+    ``cf.wait``, ``cf.as_completed``, ``add_done_callback``,
+    ``asyncio.wrap_future`` and ``loop.run_in_executor`` work with it as with
+    any Future. On top of that it tells which task it follows (:attr:`id`,
+    :attr:`name`), where that task is (:attr:`state`) and how many attempts
+    have started (:attr:`attempts`).
+
+    Unlike a stock Future, a handle guards its state with one plain lock and
+    builds a ``threading.Condition`` only when somebody waits on it before it
+    is done: most handles are never waited on while pending, and the
+    Condition would otherwise dominate the cost of every task.
+
+    Handles are made by :meth:`TaskQueue.submit`; only the queue moves them
+    between states. Every method is safe to call from any thread.
+    """
+
+    # Class-level defaults: an instance stores only what differs from them,
+    # which keeps a pending handle small.
+    _result: Any = None
+    _exception: Optional[BaseException] = None
+    _cond: Optional[threading.Condition] = None
+    _waiter_list: Optional[List[Any]] = None
+    _callbacks: Optional[List[Callable[[Future], object]]] = None  # type: ignore[type-arg]
+    _scheduled = False
+    _attempts = 0
+    _enqueued_at = 0.0
+    _submitted_at = 0.0
+    _task: Optional[Task] = None  # the Task submitted, if one was
+
+    # Future.__init__ is deliberately not called: it builds the Condition and
+    # two lists that this class creates only on demand.
+    def __init__(  # pylint: disable=super-init-not-called
+        self,
+        fn: Callable[..., Any],
+        args: Tuple[Any, ...],
+        kwargs: Optional[Dict[str, Any]],
+        name: str,
+        policy: RetryPolicy,
+        on_cancel: Callable[[TaskHandle], None],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._state = PENDING
+        self._seq = _next_seq()
+        self._fn: Optional[Callable[..., Any]] = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._name = name
+        self._policy = policy
+        self._on_cancel = on_cancel
+
+    # -- what a caller reads ------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """A unique id for this submission (unique within a process and run)."""
+        return f"{_ID_PREFIX}-{self._seq:x}"
+
+    @property
+    def name(self) -> str:
+        """The task's name: its ``Task.name``, or the function's qualified name."""
+        return self._name
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts have started so far (0 while first queued)."""
+        return self._attempts
+
+    @property
+    def state(self) -> TaskState:
+        """The task's current :class:`TaskState`."""
+        state = self._state
+        if state == PENDING:
+            return TaskState.SCHEDULED if self._scheduled else TaskState.PENDING
+        if state == RUNNING:
+            return TaskState.RUNNING
+        if state == FINISHED:
+            return TaskState.FAILED if self._exception is not None else TaskState.SUCCEEDED
+        return TaskState.CANCELLED
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id} {self._name!r} {self.state.value}>"
+
+    # -- the Future contract -------------------------------------------------
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        # cf.wait() and cf.as_completed() acquire this directly; it shares the
+        # handle's lock, so they and the methods below exclude each other.
+        cond = self._cond
+        if cond is None:
+            with _condition_creation:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(self._lock)
+        return cond
+
+    @property
+    def _waiters(self) -> List[Any]:  # type: ignore[override]
+        # Read by cf.wait() and cf.as_completed() with the lock held.
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    def cancel(self) -> bool:
+        """Cancel the task unless an attempt is running or it has ended.
+
+        A task waiting between attempts (``SCHEDULED``) can be cancelled.
+
+        Returns:
+            True if the task is now cancelled (or already was), False if it
+            is running or has finished.
+        """
+        with self._lock:
+            state = self._state
+            if state == RUNNING or state == FINISHED:
+                return False
+            if state != PENDING:
+                return True
+            # Straight to CANCELLED_AND_NOTIFIED: no executor will pass by to
+            # notify cf.wait() waiters later, so do it now.
+            self._state = CANCELLED_AND_NOTIFIED
+            self._drop_work()
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_cancelled(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        self._on_cancel(self)
+        self._run_callbacks(callbacks)
+        return True
+
+    def cancelled(self) -> bool:
+        """Return whether the task was cancelled."""
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def running(self) -> bool:
+        """Return whether an attempt is running right now."""
+        return self._state == RUNNING
+
+    def done(self) -> bool:
+        """Return whether the task ended: succeeded, failed or cancelled."""
+        return self._state in (FINISHED, CANCELLED_AND_NOTIFIED, CANCELLED)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Wait for the task and return what it returned.
+
+        Args:
+            timeout: seconds to wait at most; None waits for ever.
+
+        Raises:
+            CancelledError: the task was cancelled.
+            TimeoutError: the task did not end within ``timeout``.
+            BaseException: whatever the final attempt raised, if it failed.
+        """
+        self._wait(timeout)
+        if self._state == FINISHED:
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    # Do not keep this frame alive through the traceback.
+                    self = None  # type: ignore[assignment]  # noqa: PLW0642
+            return self._result
+        raise CancelledError()
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """Wait for the task and return the exception it failed with, or None.
+
+        Raises:
+            CancelledError: the task was cancelled.
+            TimeoutError: the task did not end within ``timeout``.
+        """
+        self._wait(timeout)
+        if self._state == FINISHED:
+            return self._exception
+        raise CancelledError()
+
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:  # type: ignore[type-arg]
+        """Call ``fn(handle)`` once the task ends; at once if it already has.
+
+        Callbacks run in the thread that ends the task. One that raises is
+        logged and does not affect the others.
+        """
+        with self._lock:
+            if not self.done():
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        self._run_callbacks([fn])
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Mark the task running unless it was cancelled (executor API).
+
+        Returns:
+            False if the task was cancelled, True if it is now running.
+
+        Raises:
+            RuntimeError: the task is already running or finished.
+        """
+        with self._lock:
+            if self._state == PENDING:
+                self._state = RUNNING
+                self._attempts += 1
+                return True
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return False
+            raise RuntimeError(f"Future in unexpected state {self._state}")
+
+    def set_result(self, result: Any) -> None:
+        """Refused: a handle is settled only by its queue, which counts it."""
+        raise RuntimeError("a TaskHandle is settled by its TaskQueue, not by set_result()")
+
+    def set_exception(self, exception: Optional[BaseException]) -> None:
+        """Refused: a handle is settled only by its queue, which counts it."""
+        raise RuntimeError("a TaskHandle is settled by its TaskQueue, not by set_exception()")
+
+    # -- transitions, made by the queue --------------------------------------
+
+    def _begin(self) -> bool:
+        """PENDING -> RUNNING for a new attempt; False if it was cancelled."""
+        with self._lock:
+            if self._state != PENDING:
+                return False
+            self._state = RUNNING
+            self._attempts += 1
+            return True
+
+    def _back_to_pending(self, scheduled: bool) -> None:
+        """RUNNING -> PENDING, to wait for another attempt (queued or scheduled)."""
+        with self._lock:
+            self._state = PENDING
+            self._scheduled = scheduled
+
+    def _succeed(self, result: Any) -> None:
+        """RUNNING -> FINISHED with ``result``."""
+        with self._lock:
+            self._result = result
+            self._state = FINISHED
+            self._drop_work()
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_result(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        if callbacks:
+            self._run_callbacks(callbacks)
+
+    def _fail(self, exc: BaseException) -> None:
+        """RUNNING -> FINISHED with ``exc`` as the final exception."""
+        with self._lock:
+            self._exception = exc
+            self._state = FINISHED
+            self._drop_work()
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_exception(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        if callbacks:
+            self._run_callbacks(callbacks)
+
+    def _drop_work(self) -> None:
+        # A terminal task will not run again: let go of the function and its
+        # arguments now, even if the caller keeps the handle for a long time.
+        self._fn = None
+        self._args = ()
+        self._kwargs = None
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        with self._lock:
+            if self.done():
+                return
+            cond = self._condition
+            deadline = None if timeout is None else monotonic() + timeout
+            while not self.done():
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError()
+                cond.wait(remaining)
+
+    def _run_callbacks(self, callbacks: Optional[List[Callable[[Future], object]]]) -> None:  # type: ignore[type-arg]
+        for callback in callbacks or ():
+            try:
+                callback(self)
+            except Exception:  # a caller's callback must not break the worker
+                log.exception("done callback %r of %r raised", callback, self)
