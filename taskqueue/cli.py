@@ -1,0 +1,230 @@
+"""The command line: ``python -m taskqueue COMMAND [options]``.
+
+Each command is two small functions: ``_add_<command>(commands)`` declares
+its parser and points ``run`` at ``_run_<command>(args) -> int``. Adding a
+command means writing those two and calling the first in
+:func:`build_parser`.
+
+Usage errors print one line, ``taskqueue: error: ...`` (or ``taskqueue
+demo: error: ...``), to stderr and exit with :data:`EXIT_USAGE`; Ctrl-C
+exits with :data:`EXIT_INTERRUPTED`. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import sys
+from typing import Callable, Iterator, List, Optional
+
+from .demo import BACKOFF, LATENCY, RETRIES, run_demo
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+EXIT_OK = 0
+"""The command did what was asked."""
+EXIT_FAILURE = 1
+"""The command could not finish (its output pipe was closed)."""
+EXIT_USAGE = 2
+"""The command line was wrong; nothing was run."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
+
+PROG = "taskqueue"
+MAX_WORKERS = 256  # beyond this a demo only measures thread start-up, or fails to start them
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "off": logging.CRITICAL + 1,
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose usage errors are a single line.
+
+    Stock argparse prints the whole usage before the message; here the
+    message alone goes to stderr (``--help`` shows the usage), then the
+    parser exits with :data:`EXIT_USAGE`.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``PROG: error: message`` to stderr and exit with EXIT_USAGE."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` if None.
+
+    Returns:
+        The exit status: EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED or EXIT_FAILURE.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.run is None:
+            parser.error(f"a command is required ({', '.join(COMMANDS)}); "
+                         f"see '{PROG} --help'")
+    except SystemExit as stop:  # --help, or a usage error already reported
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    try:
+        with _library_logging(LOG_LEVELS[args.log_level]):
+            return args.run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_FAILURE
+
+
+def build_parser() -> ArgumentParser:
+    """Return the parser of the whole command line, one subparser per command."""
+    parser = ArgumentParser(
+        prog=PROG,
+        description="taskqueue: background work on a bounded queue drained by "
+                    "worker threads, with retries, backoff and dead letters.",
+        epilog=f"Run '{PROG} COMMAND --help' for a command's options.",
+    )
+    parser.set_defaults(run=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add_command in COMMANDS.values():
+        add_command(commands)
+    return parser
+
+
+# -- demo -------------------------------------------------------------------
+
+DEMO_DESCRIPTION = f"""\
+Simulate a booking service sending confirmation emails in the background.
+
+Each booking submits one task, "send the confirmation email", to a fake mail
+service that takes {LATENCY[0] * 1000:g}-{LATENCY[1] * 1000:g} ms a call and fails a set share of calls. A failed
+send is retried up to {RETRIES} times with exponential backoff ({BACKOFF.base * 1000:g} ms doubling, at
+most {BACKOFF.max:g} s, with jitter); a booking whose every attempt fails becomes a
+dead letter.
+
+While the queue drains, one progress line shows how many bookings are done,
+how many are waiting to retry, how many failed for good, and bookings per
+second. On a terminal the line is updated in place; otherwise (a pipe, a
+file) a plain line is printed about once a second. At the end come the
+queue's stats (counts, p50/p99 wait and run times in ms, rate) and a summary
+of the dead letters.
+
+The seed fixes which calls fail, so a run can be repeated: every run prints
+its seed. Timings vary from run to run. The defaults finish in a few seconds.
+"""
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="simulate sending booking confirmations through a TaskQueue",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--bookings", type=_whole_number(1), default=500, metavar="N",
+                      help="how many bookings, one email each; at least 1 (default: %(default)s)")
+    demo.add_argument("--workers", type=_whole_number(1, MAX_WORKERS), default=8, metavar="N",
+                      help=f"worker threads, 1 to {MAX_WORKERS} (default: %(default)s)")
+    demo.add_argument("--failure-rate", type=_share, default=0.2, metavar="RATE",
+                      help="share of mail-service calls that fail, from 0 to 1 "
+                           "(default: %(default)s)")
+    demo.add_argument("--seed", type=_integer, default=None, metavar="N",
+                      help="seed for the simulated failures and delays, to repeat a run "
+                           "(default: a random seed, printed at the start)")
+    _add_log_level(demo)
+    demo.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.bookings, args.workers, args.failure_rate, args.seed)
+
+
+COMMANDS = {
+    "demo": _add_demo,
+}
+"""Each command's name and the function that adds its parser."""
+
+
+# -- shared by every command -----------------------------------------------------
+
+def _add_log_level(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", choices=list(LOG_LEVELS), default="critical", metavar="LEVEL",
+        help="which of taskqueue's log records to print to stderr: "
+             f"{', '.join(LOG_LEVELS)}. Retries are logged at warning, tasks that "
+             "fail for good at error (with a traceback). The default, critical, "
+             "shows only a crashed worker thread and keeps the progress line readable")
+
+
+@contextlib.contextmanager
+def _library_logging(level: int) -> Iterator[None]:
+    # Only for the length of the command, so that calling main() in-process
+    # (as tests do) leaves no handler behind pointing at a stale stderr.
+    logger = logging.getLogger("taskqueue")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = logger.level
+    logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _silence_stdout() -> None:
+    # The reader of our output went away (`... | head`). Point stdout at
+    # devnull so the interpreter's final flush does not fail a second time,
+    # as the Python docs recommend for SIGPIPE.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (in-process use)
+        pass
+
+
+# -- argument types: each raises ArgumentTypeError, which argparse reports in one line
+
+def _whole_number(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, "
+                                             f"got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text!r}")
+    return value
