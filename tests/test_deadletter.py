@@ -1,0 +1,144 @@
+"""Tests for taskqueue.deadletter: DeadLetter and the bounded DeadLetterStore."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import List
+
+import pytest
+
+from taskqueue.deadletter import DeadLetter, DeadLetterStore
+from taskqueue.task import Task
+
+WAIT = 5.0
+
+
+def send_mail(to: str) -> None:
+    raise OSError("smtp down")
+
+
+def letter(n: int = 0, task: Task = None, exc: BaseException = None) -> DeadLetter:  # type: ignore[assignment]
+    return DeadLetter(
+        task=task or Task(send_mail, (f"user{n}@example.com",)),
+        task_id=f"id-{n}",
+        exception=exc or OSError(n),
+        traceback=f"Traceback {n}",
+        attempts=n + 1,
+        submitted_at=1000.0 + n,
+        failed_at=2000.0 + n,
+    )
+
+
+def test_dead_letter_keeps_its_fields_and_names_its_task():
+    task = Task(send_mail, ("a@example.com",), name="mail.send")
+    error = OSError("smtp down")
+    dead = DeadLetter(task, "id-1", error, "tb", 3, 10.0, 12.0)
+    assert (dead.task, dead.task_id, dead.exception, dead.traceback) == (task, "id-1", error, "tb")
+    assert (dead.attempts, dead.submitted_at, dead.failed_at) == (3, 10.0, 12.0)
+    assert dead.name == "mail.send"
+    assert letter().name == "send_mail"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dead.attempts = 4  # type: ignore[misc]
+
+
+def test_store_keeps_letters_oldest_first():
+    store = DeadLetterStore(limit=10)
+    letters = [letter(i) for i in range(3)]
+    for dead in letters:
+        store.add(dead)
+    assert store.letters() == letters
+    assert store.counts() == (3, 0)
+
+
+def test_store_drops_the_oldest_past_its_limit_and_counts_the_drops():
+    store = DeadLetterStore(limit=3)
+    letters = [letter(i) for i in range(7)]
+    for dead in letters:
+        store.add(dead)
+    held = store.letters()
+    assert len(held) == 3
+    assert all(a is b for a, b in zip(held, letters[4:]))
+    assert store.counts() == (3, 4)
+
+
+def test_store_with_limit_zero_keeps_none_and_counts_all_as_dropped():
+    store = DeadLetterStore(limit=0)
+    for i in range(5):
+        store.add(letter(i))
+    assert store.letters() == []
+    assert store.counts() == (0, 5)
+
+
+def test_remove_matches_by_identity_not_equality():
+    # Given two letters that are equal but not the same object
+    task, error = Task(send_mail, ("x",)), OSError("same")
+    first = letter(1, task=task, exc=error)
+    twin = letter(1, task=task, exc=error)
+    assert first == twin and first is not twin
+    store = DeadLetterStore(limit=10)
+    store.add(first)
+    store.add(twin)
+
+    # When the second is removed
+    assert store.remove(twin) is True
+
+    # Then the first is still there, and removing the second again fails
+    assert len(store.letters()) == 1 and store.letters()[0] is first
+    assert store.remove(twin) is False
+    assert store.remove(letter(1, task=task, exc=error)) is False
+    assert store.counts() == (1, 0)  # a removal is not a drop
+
+
+def test_remove_from_the_middle_keeps_the_order():
+    store = DeadLetterStore(limit=10)
+    letters = [letter(i) for i in range(5)]
+    for dead in letters:
+        store.add(dead)
+    assert store.remove(letters[2])
+    assert store.letters() == [letters[0], letters[1], letters[3], letters[4]]
+
+
+def test_letters_returns_a_copy():
+    store = DeadLetterStore(limit=10)
+    store.add(letter(1))
+    copy = store.letters()
+    copy.append(letter(2))
+    copy.clear()
+    assert len(store.letters()) == 1
+    assert store.letters() is not store.letters()
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_adds_lose_nothing_and_count_every_drop():
+    # Given eight threads adding 500 letters each to a store that keeps 1000
+    threads_n, per_thread, limit = 8, 500, 1000
+    store = DeadLetterStore(limit=limit)
+    start = threading.Barrier(threads_n)
+    made: List[List[DeadLetter]] = [[letter(t * per_thread + i) for i in range(per_thread)]
+                                    for t in range(threads_n)]
+
+    def add_all(mine: List[DeadLetter]) -> None:
+        start.wait(WAIT)
+        for dead in mine:
+            store.add(dead)
+
+    # When they all add at once
+    threads = [threading.Thread(target=add_all, args=(mine,)) for mine in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not [t for t in threads if t.is_alive()]
+
+    # Then the store holds exactly its limit, counts every other letter as
+    # dropped, and keeps each thread's letters in the order it added them
+    held = store.letters()
+    assert store.counts() == (limit, threads_n * per_thread - limit)
+    assert len({id(d) for d in held}) == limit
+    for mine in made:
+        position = {id(d): i for i, d in enumerate(mine)}
+        kept = [position[id(d)] for d in held if id(d) in position]
+        assert kept == sorted(kept)
+        # what a thread lost are its oldest letters
+        assert kept == list(range(per_thread - len(kept), per_thread))
