@@ -1,0 +1,295 @@
+"""Tests for taskqueue.workqueue: admission, closing, sealing and waiting.
+
+Producers that must block run in threads; the tests wait on Events and join
+with timeouts, so a bug fails a test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, List
+
+import pytest
+
+from taskqueue.errors import QueueClosed, QueueFull
+from taskqueue.workqueue import WorkQueue
+
+WAIT = 5.0
+# How long a negative check waits for something that must not happen. A
+# broken queue could slip past it only by being slow; a correct one never
+# fails it.
+NOT_YET = 0.05
+
+
+class Producer:
+    """Admits one item from its own thread and records how that ended."""
+
+    def __init__(self, work: WorkQueue, item: Any, **options: Any) -> None:
+        self.outcome: List[Any] = []
+        self.about_to_admit = threading.Event()
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(work, item, options),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, work: WorkQueue, item: Any, options: dict) -> None:
+        self.about_to_admit.set()
+        try:
+            work.admit(item, **options)
+            self.outcome.append("admitted")
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            self.outcome.append(exc)
+        finally:
+            self.finished.set()
+
+    def join(self) -> None:
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive(), "the producer is still blocked"
+
+
+def drain(work: WorkQueue) -> List[Any]:
+    items = []
+    while True:
+        try:
+            items.append(work.get_nowait())
+        except queue.Empty:
+            return items
+
+
+def test_is_a_fifo_queue_queue():
+    work = WorkQueue(maxsize=10)
+    assert isinstance(work, queue.Queue)
+    for i in range(5):
+        work.admit(i)
+    assert drain(work) == [0, 1, 2, 3, 4]
+
+
+def test_admit_counts_admissions_and_unfinished_tasks():
+    work = WorkQueue(maxsize=10)
+    work.admit("a")
+    work.admit("b", bounded=False)
+    assert (work.admitted, work.unfinished_tasks, work.qsize()) == (2, 2, 2)
+
+
+def test_admit_without_block_raises_queue_full_at_once():
+    work = WorkQueue(maxsize=2, name="orders")
+    work.admit(1)
+    work.admit(2)
+    with pytest.raises(QueueFull, match="orders"):
+        work.admit(3, block=False)
+    assert drain(work) == [1, 2]
+    assert work.admitted == 2 and work.unfinished_tasks == 2
+
+
+def test_admit_raises_queue_full_after_its_timeout():
+    work = WorkQueue(maxsize=1)
+    work.admit(1)
+    with pytest.raises(QueueFull):
+        work.admit(2, timeout=0.01)
+    with pytest.raises(QueueFull):
+        work.admit(2, timeout=0)
+    assert drain(work) == [1]
+
+
+def test_admit_blocks_while_full_until_a_worker_takes_an_item():
+    # Given a full queue and a producer waiting for room
+    work = WorkQueue(maxsize=1)
+    work.admit("first")
+    producer = Producer(work, "second", timeout=WAIT)
+    assert producer.about_to_admit.wait(WAIT)
+    assert not producer.finished.wait(NOT_YET), "admit did not wait for room"
+
+    # When a worker takes the queued item
+    assert work.get(timeout=WAIT) == "first"
+
+    # Then the producer's item goes in
+    producer.join()
+    assert producer.outcome == ["admitted"]
+    assert drain(work) == ["second"]
+
+
+def test_unbounded_admission_goes_past_maxsize():
+    work = WorkQueue(maxsize=1)
+    work.admit(1)
+    work.admit(2, bounded=False)
+    work.admit(3, bounded=False, block=False)
+    assert work.qsize() == 3
+    assert drain(work) == [1, 2, 3]
+
+
+def test_maxsize_zero_means_no_bound():
+    work = WorkQueue(maxsize=0)
+    for i in range(1000):
+        work.admit(i, block=False)
+    assert work.qsize() == 1000
+
+
+def test_close_refuses_producers_with_queue_closed():
+    work = WorkQueue(maxsize=0, name="orders")
+    work.admit(1)
+    work.close()
+    assert work.accepting is False and work.sealed is False
+    for options in ({}, {"block": False}, {"bounded": False}):
+        with pytest.raises(QueueClosed, match="orders"):
+            work.admit(2, **options)
+    with pytest.raises(RuntimeError):
+        work.admit(2)
+    assert drain(work) == [1]  # what was queued stays queued
+    assert work.admitted == 1 and work.unfinished_tasks == 1
+
+
+def test_close_on_a_full_queue_refuses_even_without_block():
+    work = WorkQueue(maxsize=1)
+    work.admit(1)
+    work.close()
+    with pytest.raises(QueueClosed):
+        work.admit(2, block=False)
+
+
+def test_close_wakes_a_producer_blocked_on_a_full_queue():
+    # Given a producer blocked on a full queue with no timeout
+    work = WorkQueue(maxsize=1)
+    work.admit("first")
+    producer = Producer(work, "second")
+    assert producer.about_to_admit.wait(WAIT)
+    assert not producer.finished.wait(NOT_YET)
+
+    # When the queue is closed
+    work.close()
+
+    # Then the producer wakes with QueueClosed and its item is not queued
+    producer.join()
+    assert len(producer.outcome) == 1 and isinstance(producer.outcome[0], QueueClosed)
+    assert drain(work) == ["first"]
+
+
+def test_seal_wakes_a_producer_blocked_on_a_full_queue():
+    work = WorkQueue(maxsize=1)
+    work.admit("first")
+    producer = Producer(work, "second")
+    assert producer.about_to_admit.wait(WAIT)
+    assert work.seal() == ["first"]
+    producer.join()
+    assert isinstance(producer.outcome[0], QueueClosed)
+    assert drain(work) == []
+
+
+def test_reenter_works_after_close_and_past_the_bound():
+    work = WorkQueue(maxsize=1)
+    work.admit("queued")
+    work.close()
+    assert work.reenter("retry") is True
+    assert work.qsize() == 2
+    assert work.admitted == 1 and work.unfinished_tasks == 1  # not counted again
+    assert drain(work) == ["queued", "retry"]
+
+
+def test_reenter_is_refused_after_seal():
+    work = WorkQueue(maxsize=0)
+    work.seal()
+    assert work.reenter("retry") is False
+    assert work.qsize() == 0
+
+
+def test_seal_returns_the_queued_items_and_refuses_everything():
+    work = WorkQueue(maxsize=0)
+    for i in range(4):
+        work.admit(i)
+    assert work.seal() == [0, 1, 2, 3]
+    assert (work.accepting, work.sealed, work.qsize()) == (False, True, 0)
+    with pytest.raises(QueueClosed):
+        work.admit(9)
+    assert work.seal() == []
+
+
+def test_wake_workers_puts_past_the_bound_and_the_seal():
+    stop = object()
+    work = WorkQueue(maxsize=1)
+    work.admit(1)
+    work.seal()
+    work.wake_workers(stop)
+    assert work.get(timeout=WAIT) is stop
+
+
+def test_wake_workers_wakes_a_blocked_get():
+    work = WorkQueue(maxsize=1)
+    stop = object()
+    got: List[Any] = []
+    getter = threading.Thread(target=lambda: got.append(work.get(timeout=WAIT)), daemon=True)
+    getter.start()
+    work.wake_workers(stop)
+    getter.join(WAIT)
+    assert got == [stop]
+
+
+def test_wait_all_done_times_out_while_tasks_are_unfinished():
+    work = WorkQueue(maxsize=0)
+    work.admit(1)
+    work.get()
+    assert work.wait_all_done(timeout=0.01) is False
+    assert work.wait_all_done(timeout=0) is False
+
+
+def test_wait_all_done_returns_true_when_nothing_is_unfinished():
+    work = WorkQueue(maxsize=0)
+    assert work.wait_all_done(timeout=0) is True
+    work.admit(1)
+    work.get()
+    work.task_done()
+    assert work.wait_all_done(timeout=0) is True
+    assert work.wait_all_done() is True
+
+
+def test_wait_all_done_wakes_when_another_thread_finishes_the_last_task():
+    # Given two admitted tasks and a thread waiting for all to be done
+    work = WorkQueue(maxsize=0)
+    work.admit(1)
+    work.admit(2)
+    result: List[bool] = []
+    waiting = threading.Event()
+
+    def waiter():
+        waiting.set()
+        result.append(work.wait_all_done(timeout=WAIT))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    assert waiting.wait(WAIT)
+
+    # When both are taken and marked done
+    work.get()
+    work.task_done()
+    work.get()
+    work.task_done()
+
+    # Then the waiter returns True (before its timeout)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert result == [True]
+
+
+class LifoWorkQueue(WorkQueue):
+    """Ordering is changed through the four hooks only, as PriorityQueue does."""
+
+    def _init(self, maxsize: int) -> None:
+        self.queue = []  # type: ignore[assignment]
+
+    def _put(self, item: Any) -> None:
+        self.queue.append(item)
+
+    def _get(self) -> Any:
+        return self.queue.pop()
+
+
+def test_a_subclass_changes_the_order_through_the_hooks():
+    work = LifoWorkQueue(maxsize=2)
+    work.admit(1)
+    work.admit(2)
+    with pytest.raises(QueueFull):
+        work.admit(3, block=False)
+    assert work.reenter(3)
+    assert drain(work) == [3, 2, 1]
+    work.admit(4)
+    work.admit(5)
+    assert work.seal() == [5, 4]
