@@ -358,6 +358,8 @@ def test_result_and_exception_time_out_on_a_pending_handle():
         handle.result(timeout=0)
     with pytest.raises(cf.TimeoutError):
         handle.exception(timeout=0.01)
+    with pytest.raises(cf.TimeoutError):
+        handle.result(timeout=-1)
     handle._begin()
     with pytest.raises(cf.TimeoutError):
         handle.result(timeout=0.01)  # running is not done either
@@ -690,6 +692,25 @@ def test_as_completed_raises_timeout_error_for_what_did_not_finish():
     assert next(it) is done_h
     with pytest.raises(cf.TimeoutError):
         next(it)
+
+
+def test_wait_and_as_completed_mix_handles_with_stock_futures():
+    handle, stock = make_handle(), cf.Future()
+    stock.set_result("stock")
+    succeed(handle, "handle")
+    done, not_done = cf.wait([handle, stock], timeout=WAIT)
+    assert done == {handle, stock} and not_done == set()
+    assert {f.result() for f in cf.as_completed([stock, handle], timeout=WAIT)} == {
+        "stock", "handle"}
+
+
+def test_wait_on_a_mix_wakes_for_a_handle_finished_by_another_thread():
+    handle, stock = make_handle(), cf.Future()
+    completer = threading.Thread(target=succeed, args=(handle, 1))
+    completer.start()
+    done, not_done = cf.wait([stock, handle], timeout=WAIT, return_when=cf.FIRST_COMPLETED)
+    completer.join(WAIT)
+    assert done == {handle} and not_done == {stock}
 
 
 # -- TaskHandle with asyncio -----------------------------------------------------------
