@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Deque, List
 
 from .task import Task
+from .validate import whole_number
 
 __all__ = ["DeadLetter", "DeadLetterStore"]
 
@@ -46,9 +47,13 @@ class DeadLetterStore:
 
     Args:
         limit: how many letters to keep (>= 0; 0 keeps none, counting all as dropped).
+
+    Raises:
+        TypeError, ValueError: ``limit`` is not an int >= 0.
     """
 
     def __init__(self, limit: int) -> None:
+        whole_number("limit", limit, minimum=0)
         self._lock = threading.Lock()
         self._letters: Deque[DeadLetter] = deque()
         self._limit = limit

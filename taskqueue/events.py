@@ -25,7 +25,10 @@ class EventKind(enum.Enum):
     """What happened to a task."""
 
     SUBMITTED = "submitted"
-    """Just before the task enters the queue (no more events follow if entry then fails)."""
+    """The task was accepted, emitted by the submitting thread right after.
+
+    A worker may start the task at once, so a listener can see its
+    ``started`` (from the worker's thread) before its ``submitted``."""
     STARTED = "started"
     """An attempt started on a worker."""
     SUCCEEDED = "succeeded"

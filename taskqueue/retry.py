@@ -65,6 +65,10 @@ class Backoff:
             raise ValueError(f"factor must be a finite number >= 1, got {self.factor!r}")
         if not isinstance(self.jitter, bool):
             raise TypeError(f"jitter must be a bool, got {self.jitter!r}")
+        # Floats, so that factor ** n overflows at once instead of building
+        # an enormous int for a large retry number.
+        for name in ("base", "factor", "max"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def constant(cls, seconds: float) -> Backoff:
@@ -96,7 +100,7 @@ class Backoff:
         try:
             ceiling = min(self.max, self.base * self.factor ** (retry - 1))
         except OverflowError:  # factor ** n past the float range: the cap applies
-            ceiling = self.max
+            ceiling = self.max if self.base > 0 else 0.0
         if self.jitter and ceiling > 0:
             return ceiling * (rng or random).random()
         return float(ceiling)

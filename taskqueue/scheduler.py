@@ -103,13 +103,11 @@ class Scheduler:
         Returns:
             The due time of the next item still held, or None if none is.
         """
-        due_items, next_due = self._pop_due()
-        self._hand_over(due_items)
-        return next_due
-
-    def _pop_due(self) -> Tuple[List[Any], Optional[float]]:
         with self._cond:
-            return self._pop_due_locked()
+            due_items, _ = self._pop_due_locked()
+        self._hand_over(due_items)
+        with self._cond:  # on_due may have scheduled more
+            return self._heap[0][0] if self._heap else None
 
     def _pop_due_locked(self) -> Tuple[List[Any], Optional[float]]:
         now = self._clock()

@@ -9,6 +9,7 @@ memory that does not grow with the number of tasks.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, List, Sequence
@@ -91,8 +92,10 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
     """
     if not ordered:
         return 0.0
-    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil without float drift on ints
-    return ordered[min(len(ordered), int(rank)) - 1]
+    # Round first so that float noise (100 * 0.07 == 7.000000000000001)
+    # cannot push the rank up by one.
+    rank = max(1, math.ceil(round(len(ordered) * fraction, 9)))
+    return ordered[min(len(ordered), rank) - 1]
 
 
 def snapshot(

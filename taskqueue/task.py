@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 # across the runs of a program; formatting is deferred until someone asks.
 _ID_PREFIX = os.urandom(4).hex()
 _next_seq = itertools.count(1).__next__
-# Guards the lazy creation of a handle's Condition; held for a moment, rarely.
-_condition_creation = threading.Lock()
 
 
 class TaskState(enum.Enum):
@@ -120,12 +118,15 @@ class Task:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        if isinstance(args, (str, bytes)) or not _is_iterable(args):
-            raise TypeError(f"args must be a tuple of arguments, got {args!r}")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError(f"kwargs must be a dict or None, got {kwargs!r}")
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(f"args must be a tuple (or list) of arguments, got {args!r}")
+        if kwargs is not None and (not isinstance(kwargs, dict)
+                                   or not all(isinstance(k, str) for k in kwargs)):
+            raise TypeError(f"kwargs must be a dict with str keys, or None, got {kwargs!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        if name == "":
+            raise ValueError("name must not be empty")
         if retries is not None:
             whole_number("retries", retries, minimum=0)
         if backoff is not None and not isinstance(backoff, Backoff):
@@ -151,6 +152,8 @@ class Task:
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"Task has no field(s) {sorted(unknown)}")
+        if "fn" in changes and "name" not in changes and self.name == callable_name(self.fn):
+            fields["name"] = None  # the name was the old function's: follow the new one
         fields.update(changes)
         fn, args, kwargs = fields.pop("fn"), fields.pop("args"), fields.pop("kwargs")
         return Task(fn, args, kwargs, **fields)
@@ -165,6 +168,13 @@ class Task:
             default.retry_on if self.retry_on is None else self.retry_on,
             default.rng,
         )
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}: a Task is frozen")
@@ -182,14 +192,6 @@ class Task:
     def __repr__(self) -> str:
         shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
         return f"Task({shown})"
-
-
-def _is_iterable(value: object) -> bool:
-    try:
-        iter(value)  # type: ignore[call-overload]
-    except TypeError:
-        return False
-    return True
 
 
 class TaskHandle(Future):  # type: ignore[type-arg]
@@ -282,13 +284,18 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     def _condition(self) -> threading.Condition:  # type: ignore[override]
         # cf.wait() and cf.as_completed() acquire this directly; it shares the
         # handle's lock, so they and the methods below exclude each other.
+        # Never evaluated with the lock held (callers take the lock through
+        # the Condition it returns), so the lock can guard its creation.
         cond = self._cond
         if cond is None:
-            with _condition_creation:
-                cond = self._cond
-                if cond is None:
-                    cond = self._cond = threading.Condition(self._lock)
+            with self._lock:
+                cond = self._new_condition_locked()
         return cond
+
+    def _new_condition_locked(self) -> threading.Condition:
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        return self._cond
 
     @property
     def _waiters(self) -> List[Any]:  # type: ignore[override]
@@ -323,8 +330,10 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             if self._cond is not None:
                 self._cond.notify_all()
             callbacks = self._callbacks
-        self._on_cancel(self)
-        self._run_callbacks(callbacks)
+        try:
+            self._on_cancel(self)
+        finally:
+            self._run_callbacks(callbacks)
         return True
 
     def cancelled(self) -> bool:
@@ -468,10 +477,16 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         self._kwargs = None
 
     def _wait(self, timeout: Optional[float]) -> None:
+        # A finished handle never changes again, and its outcome is written
+        # before its state: no lock is needed to see it. This also matters
+        # for correctness: cf.wait(FIRST_EXCEPTION) calls exception() while
+        # it holds this handle's (non-reentrant) lock.
+        if self.done():
+            return
         with self._lock:
             if self.done():
                 return
-            cond = self._condition
+            cond = self._new_condition_locked()
             deadline = None if timeout is None else monotonic() + timeout
             while not self.done():
                 remaining = None if deadline is None else deadline - monotonic()

@@ -120,9 +120,6 @@ def test_huge_retry_numbers_with_an_int_factor_hit_the_cap():
     assert Backoff(base=1, factor=2, max=60, jitter=False).delay(100_000) == 60.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Backoff.delay maps OverflowError to max, but with base 0 the formula "
-    "min(max, 0 * factor**(n-1)) is 0 for every n"))
 def test_zero_base_stays_zero_for_huge_retry_numbers():
     backoff = Backoff(base=0.0, factor=2.0, max=30.0, jitter=False)
     assert backoff.delay(1024) == 0.0

@@ -141,9 +141,6 @@ def test_on_due_may_schedule_again(clock):
     assert scheduler.seal() == ["tick"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: run_due() returns the next due time computed before the hand-over, "
-    "so an item that on_due schedules is held but not reported"))
 def test_run_due_reports_an_item_that_on_due_scheduled(clock):
     scheduler = Scheduler(lambda item: scheduler.schedule(item, clock() + 1.0), clock=clock)
     scheduler.schedule("tick", 100.0)

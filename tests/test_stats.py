@@ -47,9 +47,6 @@ def test_percentile_ranks_for_the_fractions_stats_use():
             assert percentile(head, fraction) == expected_rank, (n, fraction)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): percentile computes ceil(n * fraction) in floats; "
-    "0.07 * 100 == 7.000000000000001, so p7 of 1..100 comes out as 8"))
 def test_percentile_is_exact_for_any_whole_percent():
     values = list(range(1, 101))
     assert [percentile(values, p / 100) for p in range(1, 101)] == list(range(1, 101))
