@@ -118,6 +118,9 @@ class TaskQueue(Executor):
         self._stopping = False
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
+        # Known from birth, not from start(): a fork in the middle of start()
+        # must still mark this queue as the parent's in the child.
+        _register(self)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -136,7 +139,6 @@ class TaskQueue(Executor):
                 for index in range(self._workers):
                     self._start_worker(index, WorkerTally())
                 self._scheduler.start()
-                _register(self)
                 self._phase = _RUNNING
                 self._ready = True
         return self
@@ -361,8 +363,12 @@ class TaskQueue(Executor):
             self._fail(handle, exc, tally)
             return
         tally.retried += 1
-        log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %r",
-                    handle._name, handle.id, attempt, delay, exc)
+        if log.isEnabledFor(logging.WARNING):
+            # repr now: a record that held the exception would keep its
+            # traceback, and with it the task's arguments, alive in any
+            # handler that buffers records.
+            log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %s",
+                        handle._name, handle.id, attempt, delay, repr(exc))
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.RETRYING, handle, exc)
         if delay > 0:

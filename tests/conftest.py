@@ -1,0 +1,66 @@
+"""Shared fixtures: queues that are always shut down, and gates for workers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterator, List
+
+import pytest
+
+from taskqueue import TaskQueue
+
+# Generous bound for anything a test waits on: a bug fails the test instead
+# of hanging it, and a slow shared machine does not.
+WAIT = 20.0
+
+
+@pytest.fixture
+def make_queue() -> Iterator[Callable[..., TaskQueue]]:
+    """Yield a factory of TaskQueues; every queue made is shut down afterwards."""
+    made: List[TaskQueue] = []
+
+    def make(*args: object, **kwargs: object) -> TaskQueue:
+        queue = TaskQueue(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.shutdown(cancel_futures=True, timeout=WAIT)
+
+
+class Gate:
+    """Holds tasks at a point until the test opens it; counts who arrived."""
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self._arrived = 0
+        self._arrival = threading.Condition(self._lock)
+
+    def wait(self, *_: object) -> str:
+        """Task body: announce arrival, then block until the gate opens."""
+        with self._arrival:
+            self._arrived += 1
+            self._arrival.notify_all()
+        if not self._open.wait(WAIT):
+            raise TimeoutError("gate never opened")
+        return "through"
+
+    def wait_for_arrivals(self, count: int) -> None:
+        """Block until ``count`` tasks are held at the gate."""
+        with self._arrival:
+            if not self._arrival.wait_for(lambda: self._arrived >= count, WAIT):
+                raise AssertionError(f"only {self._arrived} of {count} tasks arrived")
+
+    def open(self) -> None:
+        """Let every held task (and any later one) through."""
+        self._open.set()
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A Gate that is opened at teardown, so no worker stays blocked."""
+    g = Gate()
+    yield g
+    g.open()
