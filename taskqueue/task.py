@@ -28,7 +28,7 @@ from time import monotonic
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from .retry import Backoff, RetryPolicy, check_retry_on
-from .validate import whole_number
+from .validate import integer, optional_positive_seconds, optional_seconds, whole_number
 
 __all__ = ["Task", "TaskState", "TaskHandle", "callable_name"]
 
@@ -89,13 +89,24 @@ class Task:
         retries: how many times a failed attempt may be retried (>= 0).
         backoff: the delays between attempts.
         retry_on: the exception class, or tuple of classes, worth a retry.
+        priority: a higher number runs first; equal priorities run in
+            submission order. Retries keep their task's priority.
+        delay: seconds to wait before the first attempt (the task waits in
+            the scheduler, ``SCHEDULED``, not in a worker).
+        time_limit: seconds an attempt may run before it fails with
+            :class:`TimeLimitExceeded`; None takes the queue's default.
+        key: while a task with this key is not terminal, submitting another
+            with the same key returns the existing handle instead.
 
     Raises:
-        TypeError: ``fn`` is not callable, or a field has the wrong type.
-        ValueError: ``retries`` is negative.
+        TypeError: ``fn`` is not callable, or a field has the wrong type
+            (``key`` not a str, ``priority`` not an int, ...).
+        ValueError: ``retries`` or ``delay`` is negative, ``time_limit`` is
+            not positive, a number is NaN or infinite, ``name`` or ``key`` is empty.
     """
 
-    __slots__ = ("fn", "args", "kwargs", "name", "retries", "backoff", "retry_on")
+    __slots__ = ("fn", "args", "kwargs", "name", "retries", "backoff", "retry_on",
+                 "priority", "delay", "time_limit", "key")
 
     fn: Callable[..., Any]
     args: Tuple[Any, ...]
@@ -104,6 +115,10 @@ class Task:
     retries: Optional[int]
     backoff: Optional[Backoff]
     retry_on: Optional[Tuple[Type[BaseException], ...]]
+    priority: int
+    delay: Optional[float]
+    time_limit: Optional[float]
+    key: Optional[str]
 
     def __init__(
         self,
@@ -115,6 +130,10 @@ class Task:
         retries: Optional[int] = None,
         backoff: Optional[Backoff] = None,
         retry_on: Any = None,
+        priority: int = 0,
+        delay: Optional[float] = None,
+        time_limit: Optional[float] = None,
+        key: Optional[str] = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
@@ -133,6 +152,14 @@ class Task:
             raise TypeError(f"backoff must be a Backoff or None, got {backoff!r}")
         if retry_on is not None:
             retry_on = check_retry_on(retry_on)
+        integer("priority", priority)
+        delay = optional_seconds("delay", delay)
+        time_limit = optional_positive_seconds("time_limit", time_limit)
+        if key is not None:
+            if not isinstance(key, str):
+                raise TypeError(f"key must be a str or None, got {key!r}")
+            if not key:
+                raise ValueError("key must not be empty")
         _init = object.__setattr__
         _init(self, "fn", fn)
         _init(self, "args", tuple(args))
@@ -141,6 +168,10 @@ class Task:
         _init(self, "retries", retries)
         _init(self, "backoff", backoff)
         _init(self, "retry_on", retry_on)
+        _init(self, "priority", priority)
+        _init(self, "delay", delay)
+        _init(self, "time_limit", time_limit)
+        _init(self, "key", key)
 
     def replace(self, **changes: Any) -> Task:
         """Return a copy of this task with the given fields changed.
