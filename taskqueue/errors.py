@@ -2,11 +2,17 @@
 
 The tree::
 
-    Exception
-     +-- TaskQueueError                  base of everything the queue raises
-          +-- QueueFull                  no room within the allowed wait
-          +-- QueueClosed (RuntimeError) the queue no longer accepts work
-          +-- Retry                      raised *by a task* to ask for a retry
+    BaseException
+     +-- TimeLimitExceeded               raised *inside* a task that ran too long
+     +-- Exception
+          +-- TaskQueueError             base of everything else the queue raises
+               +-- QueueFull             no room within the allowed wait
+               +-- QueueClosed (RuntimeError)  the queue no longer accepts work
+               +-- Retry                 raised *by a task* to ask for a retry
+
+``TimeLimitExceeded`` derives from ``BaseException``, like Dramatiq's
+``Interrupt`` and trio's ``Cancelled``, so that a task's own
+``except Exception:`` cannot swallow it.
 
 ``QueueClosed`` is also a ``RuntimeError`` (as CPython's ``BrokenExecutor``
 is) so that ``except RuntimeError`` written for ``ThreadPoolExecutor`` keeps
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from .validate import optional_seconds
 
-__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry"]
+__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry", "TimeLimitExceeded"]
 
 
 class TaskQueueError(Exception):
@@ -56,3 +62,10 @@ class Retry(TaskQueueError):
         if self.delay is None:
             return "task asked for a retry"
         return f"task asked for a retry in {self.delay}s"
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised inside a task whose attempt ran past its time limit.
+
+    The queue retries it like an ordinary error while retries remain.
+    """

@@ -14,6 +14,7 @@ shutdown drain wait on that count.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -22,16 +23,18 @@ import traceback
 import weakref
 from concurrent.futures import Executor
 from time import monotonic
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import validate
 from .deadletter import DeadLetter, DeadLetterStore
-from .errors import QueueClosed
+from .errors import QueueClosed, QueueFull, TimeLimitExceeded
 from .events import EventKind, Listener, Listeners
 from .retry import Backoff, RetryPolicy, RandomSource, check_retry_on, decide
+from .periodic import Periodic
 from .scheduler import Scheduler
 from .stats import Stats, WorkerTally, snapshot
 from .task import Task, TaskHandle, callable_name
+from .timelimit import Watchdog
 from .worker import STOP, Worker
 from .workqueue import WorkQueue
 
@@ -60,6 +63,11 @@ class TaskQueue(Executor):
         submit_timeout: the most seconds ``submit`` waits for room before
             raising :class:`QueueFull`; None waits for ever.
         dead_letter_limit: how many dead letters to keep (oldest dropped).
+        time_limit: default seconds an attempt may run before it fails with
+            :class:`TimeLimitExceeded` (None: no limit); ``Task.time_limit``
+            overrides it.
+        time_limit_grace: seconds a thread past its limit gets to stop before
+            it is abandoned and replaced.
         clock: the monotonic clock used for backoffs and timings.
         rng: the source of backoff jitter (``random`` if None).
 
@@ -83,6 +91,8 @@ class TaskQueue(Executor):
         retry_on: Any = (Exception,),
         submit_timeout: Optional[float] = None,
         dead_letter_limit: int = 10_000,
+        time_limit: Optional[float] = None,
+        time_limit_grace: float = 0.5,
         clock: Callable[[], float] = monotonic,
         rng: Optional[RandomSource] = None,
     ) -> None:
@@ -96,6 +106,8 @@ class TaskQueue(Executor):
         retry_on = check_retry_on(retry_on)
         self._submit_timeout = validate.optional_seconds("submit_timeout", submit_timeout)
         validate.whole_number("dead_letter_limit", dead_letter_limit, minimum=0)
+        self._time_limit = validate.optional_positive_seconds("time_limit", time_limit)
+        grace = validate.seconds("time_limit_grace", time_limit_grace)
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
 
@@ -105,7 +117,8 @@ class TaskQueue(Executor):
         self._clock = clock
         self._policy = RetryPolicy(retries, backoff or Backoff(), retry_on, rng)
         self._work = WorkQueue(maxsize, name)
-        self._scheduler = Scheduler(self._reenter, clock=clock, name=f"{name}-scheduler")
+        self._scheduler = Scheduler(self._due, clock=clock, name=f"{name}-scheduler")
+        self._watchdog = Watchdog(self._scheduler.schedule, clock, grace, self._abandon_worker)
         self._dead = DeadLetterStore(dead_letter_limit)
         self._listeners = Listeners()
         self._lock = threading.Lock()  # guards the lifecycle and the cancelled count
@@ -116,6 +129,9 @@ class TaskQueue(Executor):
         self._pool: List[Worker] = []
         self._worker_ids: frozenset[int] = frozenset()
         self._stopping = False
+        self._keys: Dict[str, TaskHandle] = {}  # unique tasks not yet terminal, by key
+        self._keys_lock = threading.Lock()
+        self._periodics: List[Periodic] = []
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
         # Known from birth, not from start(): a fork in the middle of start()
@@ -182,6 +198,8 @@ class TaskQueue(Executor):
             self._phase = _CLOSED
         if not started:
             return
+        for periodic in self._periodics:
+            periodic.cancel()
         if cancel_futures:
             self._cancel_not_started()
         if not wait or threading.get_ident() in self._worker_ids:
@@ -215,16 +233,92 @@ class TaskQueue(Executor):
         """
         if not self._ready:
             self._prepare()
-        handle = self._handle_for(fn, args, kwargs)
-        self._admit(handle, True, self._submit_timeout)
-        return handle
+        return self._admit(self._handle_for(fn, args, kwargs), True, self._submit_timeout)
 
     def submit_nowait(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
         """Like :meth:`submit`, but raise :class:`QueueFull` at once when full."""
         if not self._ready:
             self._prepare()
-        handle = self._handle_for(fn, args, kwargs)
-        self._admit(handle, False, None)
+        return self._admit(self._handle_for(fn, args, kwargs), False, None)
+
+    async def asubmit(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Like :meth:`submit`, for coroutines: wait for room without blocking the event loop.
+
+        Works from any running event loop. ``await handle`` then gives the
+        task's result.
+
+        If the awaiting coroutine is cancelled while it waits for room,
+        nothing was submitted and ``CancelledError`` propagates. Once this
+        returns, the task is accepted: cancelling a coroutine that awaits the
+        handle stops that wait, never the task.
+
+        Raises:
+            TypeError: as :meth:`submit`.
+            QueueFull: still no room after ``submit_timeout``.
+            QueueClosed: the queue was shut down.
+        """
+        import asyncio  # only for asyncio callers: slow to import
+
+        loop = asyncio.get_running_loop()
+        deadline = None if self._submit_timeout is None else loop.time() + self._submit_timeout
+        while True:
+            try:
+                return self.submit_nowait(fn, *args, **kwargs)
+            except QueueFull:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+            room = loop.create_future()
+            self._work.when_room(functools.partial(_wake_loop, loop, room))
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await asyncio.wait_for(room, remaining)
+            except asyncio.TimeoutError:
+                pass  # one last try above, which raises QueueFull if still full
+
+    def every(self, interval: float, fn: Any, /, *args: Any, **kwargs: Any) -> Periodic:
+        """Run ``fn(*args, **kwargs)`` every ``interval`` seconds until cancelled.
+
+        Fixed rate, measured from now: runs are due at now + k * interval,
+        with no drift. A run still going (or retrying) when the next is due
+        makes that next one skipped and counted, never stacked up. Each run
+        is an ordinary task (retries, stats, dead letters apply); ``fn`` may
+        be a :class:`Task` (then no further arguments). Runs stop when the
+        queue shuts down.
+
+        Returns:
+            The :class:`Periodic`, with ``cancel()``, ``runs`` and ``skipped``.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``interval`` not a number.
+            ValueError: ``interval`` is not > 0.
+            QueueClosed: the queue was shut down.
+        """
+        interval = validate.optional_positive_seconds("interval", interval)
+        if interval is None:
+            raise TypeError("interval must be a number of seconds, got None")
+        if type(fn) is Task:
+            if args or kwargs:
+                raise TypeError("every(interval, task) takes no further arguments")
+            task = fn
+        elif callable(fn):
+            task = Task(fn, args, kwargs)
+        else:
+            raise TypeError(f"fn must be callable or a Task, got {fn!r}")
+        if not self._ready:
+            self._prepare()
+        periodic = Periodic(task, interval, submit=self._submit_run,
+                            schedule=self._scheduler.schedule, clock=self._clock)
+        with self._lock:
+            self._periodics.append(periodic)
+        return periodic
+
+    def _submit_run(self, task: Task) -> TaskHandle:
+        # A periodic run, from the scheduler's thread: it must never block
+        # there, so it is admitted past the bound (one run per Periodic at most).
+        handle = self._handle_for(task, (), {})
+        self._work.admit(handle, bounded=False)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.SUBMITTED, handle)
         return handle
 
     def _handle_for(self, fn: Any, args: Tuple[Any, ...], kwargs: dict) -> TaskHandle:
@@ -235,6 +329,9 @@ class TaskQueue(Executor):
             handle = TaskHandle(fn.fn, fn.args, fn.kwargs or None, fn.name,
                                 fn.policy(self._policy), self._on_cancel)
             handle._task = fn
+            handle._priority = fn.priority
+            handle._time_limit = fn.time_limit
+            handle._key = fn.key
         elif callable(fn):
             handle = TaskHandle(fn, args, kwargs or None, callable_name(fn),
                                 self._policy, self._on_cancel)
@@ -243,11 +340,49 @@ class TaskQueue(Executor):
         handle._submitted_at = self._clock()
         return handle
 
-    def _admit(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> None:
-        bounded = threading.get_ident() not in self._worker_ids
-        self._work.admit(handle, block=block, timeout=timeout, bounded=bounded)
+    def _admit(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> TaskHandle:
+        if handle._key is not None:
+            return self._admit_unique(handle, block, timeout)
+        self._enter(handle, block, timeout)
+        return handle
+
+    def _enter(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> None:
+        if handle._task is not None and handle._task.delay:
+            self._admit_delayed(handle, handle._task.delay)
+        else:
+            bounded = threading.get_ident() not in self._worker_ids
+            self._work.admit(handle, block=block, timeout=timeout, bounded=bounded)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUBMITTED, handle)
+
+    def _admit_delayed(self, handle: TaskHandle, delay: float) -> None:
+        # Accepted (and counted) now; it waits in the scheduler, not in the
+        # queue, and enters the queue past the bound when due.
+        handle._scheduled = True
+        self._work.admit_deferred(handle)
+        if not self._scheduler.schedule(handle, handle._submitted_at + delay):
+            handle.cancel()  # shutdown is cancelling what has not started
+
+    def _admit_unique(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> TaskHandle:
+        key = handle._key
+        with self._keys_lock:
+            existing = self._keys.get(key)  # type: ignore[arg-type]
+            if existing is not None and not existing.done():
+                return existing
+            self._keys[key] = handle  # type: ignore[index]
+        try:
+            self._enter(handle, block, timeout)
+        except BaseException:
+            self._release_key(handle)
+            handle._abandon()  # never accepted: whoever found it by key sees it cancelled
+            raise
+        return handle
+
+    def _release_key(self, handle: TaskHandle) -> None:
+        key = handle._key
+        with self._keys_lock:
+            if self._keys.get(key) is handle:  # type: ignore[arg-type]
+                del self._keys[key]  # type: ignore[arg-type]
 
     def _prepare(self) -> None:
         # The slow path of submit: first use starts the pool; a closed or
@@ -349,6 +484,8 @@ class TaskQueue(Executor):
         """Acknowledge an attempt that returned: the task succeeded."""
         tally.running = 0
         tally.succeeded += 1
+        if handle._key is not None:
+            self._release_key(handle)
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
@@ -382,6 +519,8 @@ class TaskQueue(Executor):
     def _fail(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         self._dead.add(self._dead_letter(handle, exc))
         tally.failed += 1
+        if handle._key is not None:
+            self._release_key(handle)
         handle._fail(exc)
         log.error("task %s (%s) failed after %d attempt(s)", handle._name, handle.id,
                   handle._attempts, exc_info=exc)
@@ -402,6 +541,26 @@ class TaskQueue(Executor):
             submitted_at=now_wall - (now - handle._submitted_at),
             failed_at=now_wall,
         )
+
+    def _abandon_worker(self, worker: Worker, exc: TimeLimitExceeded) -> None:
+        # Runs on the scheduler's thread once a worker's thread ran past its
+        # time limit and did not stop: the attempt fails (and may retry) on
+        # its behalf, and a new thread takes its place and tally.
+        handle = worker.current
+        log.error("task %s (%s) ran past its time limit and thread %s did not stop; "
+                  "the thread is abandoned and a new worker started",
+                  handle and handle._name, handle and handle.id, worker.thread.name)
+        with self._lock:
+            self._pool.remove(worker)
+            self._worker_ids = self._worker_ids - {worker.thread.ident}
+        if handle is not None:
+            worker.current = None
+            self._settle_failure(handle, exc, worker.tally)
+        with self._lock:
+            try:
+                self._start_worker(worker.index, worker.tally)
+            except RuntimeError:  # at interpreter exit no thread can start
+                log.error("could not replace worker %s", worker.thread.name)
 
     def _worker_crashed(self, worker: Worker, exc: BaseException) -> None:
         # Runs on the dying thread. The in-flight task goes back on the queue
@@ -438,11 +597,22 @@ class TaskQueue(Executor):
             report_success=self._settle_success,
             report_failure=self._settle_failure,
             on_crash=self._worker_crashed,
+            arm=self._watchdog.arm,
+            time_limit=self._time_limit,
             name=f"{self.name}-worker-{index}",
         )
+        self._watchdog.watch(worker.guard)
         worker.thread.start()
         self._pool.append(worker)
         self._worker_ids = self._worker_ids | {worker.thread.ident}
+
+    def _due(self, item: Any) -> None:
+        # The scheduler holds tasks (retries, delays) and callbacks (periodic
+        # ticks, time-limit checks).
+        if isinstance(item, TaskHandle):
+            self._reenter(item)
+        else:
+            item()
 
     def _reenter(self, handle: TaskHandle) -> None:
         # Back into the queue past the bound: a retry that is due, or the
@@ -457,12 +627,15 @@ class TaskQueue(Executor):
         # Called once per cancelled handle, by whoever cancelled it.
         with self._lock:
             self._cancelled += 1
+        if handle._key is not None:
+            self._release_key(handle)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.CANCELLED, handle)
         self._work.task_done()
 
     def _cancel_not_started(self) -> None:
-        for item in self._work.seal() + self._scheduler.seal():
+        scheduled = self._scheduler.seal(lambda item: isinstance(item, TaskHandle))
+        for item in self._work.seal() + scheduled:
             if isinstance(item, TaskHandle):
                 item.cancel()
             else:
@@ -518,6 +691,19 @@ class TaskQueue(Executor):
         self._forked = True
         self._ready = False
         self._lock = threading.Lock()
+
+
+def _wake_loop(loop: Any, room: Any) -> None:
+    # Called with the work queue's mutex held, from whichever thread made room.
+    try:
+        loop.call_soon_threadsafe(_set_pending, room)
+    except RuntimeError:  # that loop has closed: nobody waits any more
+        pass
+
+
+def _set_pending(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # -- every live queue, for interpreter exit and fork ---------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import validate
-from .errors import Retry
+from .errors import Retry, TimeLimitExceeded
 
 __all__ = ["Backoff", "RetryPolicy", "decide", "check_retry_on"]
 
@@ -156,13 +156,14 @@ def decide(policy: RetryPolicy, exc: BaseException, attempt: int) -> float | Non
     Returns:
         The delay in seconds before the next attempt, or ``None`` to give up:
         when the retries are used up, or when ``exc`` is neither a
-        :class:`Retry` nor an instance of ``policy.retry_on``.
+        :class:`Retry`, a :class:`TimeLimitExceeded` nor an instance of
+        ``policy.retry_on``.
     """
     if attempt > policy.retries:
         return None
     if isinstance(exc, Retry):
         if exc.delay is not None:
             return exc.delay
-    elif not isinstance(exc, policy.retry_on):
+    elif not isinstance(exc, policy.retry_on) and not isinstance(exc, TimeLimitExceeded):
         return None
     return policy.backoff.delay(attempt, policy.rng)

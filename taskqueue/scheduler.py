@@ -46,7 +46,7 @@ class Scheduler:
         self._cond = threading.Condition(threading.Lock())
         self._heap: List[Tuple[float, int, Any]] = []
         self._order = itertools.count()
-        self._sealed = False
+        self._sealed: Optional[Callable[[Any], bool]] = None
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
 
@@ -62,11 +62,11 @@ class Scheduler:
         """Hold ``item`` until the clock reads ``due``.
 
         Returns:
-            False, holding nothing, if the scheduler was sealed (see
-            :meth:`seal`); True otherwise.
+            False, holding nothing, if the scheduler was sealed against items
+            like this one (see :meth:`seal`); True otherwise.
         """
         with self._cond:
-            if self._sealed:
+            if self._sealed is not None and self._sealed(item):
                 return False
             heapq.heappush(self._heap, (due, next(self._order), item))
             if self._heap[0][2] is item:  # a new earliest: the timer must re-aim
@@ -77,13 +77,18 @@ class Scheduler:
         with self._cond:
             return len(self._heap)
 
-    def seal(self) -> List[Any]:
-        """Refuse all further items and return the ones held, earliest first."""
+    def seal(self, which: Callable[[Any], bool] = lambda item: True) -> List[Any]:
+        """Take out the held items for which ``which(item)`` is true, and refuse such items from now on.
+
+        Returns:
+            The items taken, earliest first; the others stay held.
+        """
         with self._cond:
-            self._sealed = True
-            items = [entry[2] for entry in sorted(self._heap)]
-            self._heap.clear()
-            return items
+            self._sealed = which
+            taken = sorted(entry for entry in self._heap if which(entry[2]))
+            self._heap = [entry for entry in self._heap if not which(entry[2])]
+            heapq.heapify(self._heap)
+            return [entry[2] for entry in taken]
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the timer thread and wait up to ``timeout`` for it to end.

@@ -25,7 +25,7 @@ from concurrent.futures._base import (
 )
 from dataclasses import FrozenInstanceError
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple, Type
 
 from .retry import Backoff, RetryPolicy, check_retry_on
 from .validate import integer, optional_positive_seconds, optional_seconds, whole_number
@@ -255,6 +255,9 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _enqueued_at = 0.0
     _submitted_at = 0.0
     _task: Optional[Task] = None  # the Task submitted, if one was
+    _priority = 0
+    _time_limit: Optional[float] = None
+    _key: Optional[str] = None
 
     # Future.__init__ is deliberately not called: it builds the Condition and
     # two lists that this class creates only on demand.
@@ -500,6 +503,30 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         if callbacks:
             self._run_callbacks(callbacks)
 
+    def _abandon(self) -> None:
+        """PENDING -> cancelled, uncounted: for a handle its queue never accepted."""
+        with self._lock:
+            if self._state != PENDING:
+                return
+            self._state = CANCELLED_AND_NOTIFIED
+            self._drop_work()
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_cancelled(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        self._run_callbacks(callbacks)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """Wait for the task from a coroutine: ``await handle`` gives its result.
+
+        Cancelling the coroutine stops the waiting only: the task itself goes
+        on (cancel it with :meth:`cancel` if that is what you want).
+        """
+        yield from _asyncio_waiter(self).__await__()
+        return self.result()
+
     def _drop_work(self) -> None:
         # A terminal task will not run again: let go of the function and its
         # arguments now, even if the caller keeps the handle for a long time.
@@ -531,3 +558,28 @@ class TaskHandle(Future):  # type: ignore[type-arg]
                 callback(self)
             except Exception:  # a caller's callback must not break the worker
                 log.exception("done callback %r of %r raised", callback, self)
+
+
+def _asyncio_waiter(handle: TaskHandle) -> Any:
+    # An asyncio future on the running loop that completes (with None) when
+    # the handle ends. Not asyncio.wrap_future: that one cancels the source
+    # when the awaiting coroutine is cancelled, and a caller going away must
+    # not cancel background work.
+    import asyncio  # only for callers that await: asyncio is slow to import
+
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: Future) -> None:  # type: ignore[type-arg]
+        try:
+            loop.call_soon_threadsafe(_set_done, waiter)
+        except RuntimeError:  # the loop closed while we waited: nobody is listening
+            pass
+
+    handle.add_done_callback(wake)
+    return waiter
+
+
+def _set_done(waiter: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

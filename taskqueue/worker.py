@@ -14,11 +14,14 @@ starts a replacement: the task may run twice, it is never dropped.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .errors import TimeLimitExceeded
 from .events import EventKind, Listeners
 from .stats import WorkerTally
+from .timelimit import AttemptGuard
 
 if TYPE_CHECKING:
     from .task import TaskHandle
@@ -26,8 +29,22 @@ if TYPE_CHECKING:
 
 __all__ = ["Worker", "STOP"]
 
-STOP = object()
-"""The sentinel that stops a worker; each worker passes it on to the next."""
+log = logging.getLogger(__name__)
+
+class _Stop:
+    """The sentinel that stops a worker; each worker passes it on to the next."""
+
+    _priority = float("-inf")  # queued behind every task
+
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+STOP = _Stop()
+
+
+class _Abandoned(BaseException):
+    """Raised in a worker whose thread the watchdog gave up on: it must stop."""
 
 
 class Worker:
@@ -43,6 +60,8 @@ class Worker:
         report_failure: ``(handle, exception, tally)``, called after one raised.
         on_crash: ``(worker, exception)``, called from the dying thread if
             the worker's own code raised.
+        arm: ``(guard, deadline)``, called when an attempt with a time limit starts.
+        time_limit: the default time limit of an attempt (None: no limit).
         name: the thread's name.
     """
 
@@ -57,6 +76,8 @@ class Worker:
         report_success: Callable[[TaskHandle, Any, WorkerTally], None],
         report_failure: Callable[[TaskHandle, BaseException, WorkerTally], None],
         on_crash: Callable[[Worker, BaseException], None],
+        arm: Callable[[AttemptGuard, float], None],
+        time_limit: Optional[float],
         name: str,
     ) -> None:
         self.index = index
@@ -69,9 +90,14 @@ class Worker:
         self._report_success = report_success
         self._report_failure = report_failure
         self._on_crash = on_crash
+        self._arm = arm
+        self._time_limit = time_limit
+        self.guard = AttemptGuard(self)
+        """This worker's side of time limits (see :mod:`taskqueue.timelimit`)."""
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
+        self.guard.ident = threading.get_ident()
         try:
             self._loop()
         except BaseException as exc:  # taskqueue's own code failed, not a task
@@ -82,6 +108,7 @@ class Worker:
         clock = self._clock
         tally = self.tally
         listeners = self._listeners
+        default_limit = self._time_limit
         while True:
             handle = get()
             if handle is STOP:
@@ -95,12 +122,18 @@ class Worker:
             tally.waits.append(started - (handle._enqueued_at or handle._submitted_at))
             if listeners.callbacks:
                 listeners.emit(EventKind.STARTED, handle)
+            limit = handle._time_limit or default_limit
             try:
-                kwargs = handle._kwargs
-                if kwargs:
-                    result = handle._fn(*handle._args, **kwargs)  # type: ignore[misc]
+                if limit is not None:
+                    result = self._call_limited(handle, started + limit)
+                elif handle._kwargs:
+                    result = handle._fn(*handle._args, **handle._kwargs)  # type: ignore[misc]
                 else:
                     result = handle._fn(*handle._args)  # type: ignore[misc]
+            except _Abandoned:
+                log.warning("abandoned thread %s came back from %r after its time limit; "
+                            "its late outcome is ignored", self.thread.name, handle)
+                return  # a new worker has taken this one's place
             except BaseException as exc:  # any error fails this attempt only
                 self._timed(started)
                 self._report_failure(handle, exc, tally)
@@ -111,8 +144,28 @@ class Worker:
                 # Drop this thread's references to the task, its result and
                 # its error before blocking on the next get(): otherwise an
                 # idle worker keeps the last task's data alive.
-                handle = result = exc = kwargs = None  # type: ignore[assignment]
+                handle = result = exc = None  # type: ignore[assignment]
             self.current = None
+
+    def _call_limited(self, handle: TaskHandle, deadline: float) -> Any:
+        # The watchdog may raise TimeLimitExceeded in this thread while the
+        # task runs, or abandon the thread; disarm() settles which of the two
+        # owns the outcome. The exception can also be delivered just after
+        # the task returned, before disarm(): then it is still this attempt's.
+        guard = self.guard
+        self._arm(guard, deadline)
+        try:
+            try:
+                if handle._kwargs:
+                    return handle._fn(*handle._args, **handle._kwargs)  # type: ignore[misc]
+                return handle._fn(*handle._args)  # type: ignore[misc]
+            finally:
+                if not guard.disarm():
+                    raise _Abandoned()
+        except TimeLimitExceeded:
+            if not guard.disarm():
+                raise _Abandoned() from None
+            raise
 
     def _timed(self, started: float) -> None:
         ended = self._clock()

@@ -10,8 +10,12 @@ can never deadlock the pool against itself; and ``wait_all_done`` is
 are not yet terminal: a task is put once and marked done once, however many
 attempts it takes.
 
-Ordering lives in ``_init/_qsize/_put/_get``, as in
-CPython's ``PriorityQueue``, so a subclass changes order and nothing else.
+Ordering lives in ``_init/_qsize/_put/_get``, as in CPython's
+``PriorityQueue``: items may carry a ``_priority`` (0 if not); a higher one comes out first,
+and equal ones in the order they went in. The items wait in one FIFO deque
+per priority level rather than in a heap, so that the common case, where
+every task has the same priority, costs a deque append and popleft, as a
+plain ``queue.Queue`` does, instead of O(log n) tuple comparisons.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from __future__ import annotations
 import queue
 from collections import deque
 from time import monotonic
-from typing import Any, Deque, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .errors import QueueClosed, QueueFull
 
 __all__ = ["WorkQueue"]
+
+# Priority levels kept while empty, so that a level in steady use is not
+# rebuilt each time the queue drains; past this many, empty ones are dropped.
+_MAX_IDLE_LEVELS = 16
 
 
 class WorkQueue(queue.Queue):  # type: ignore[type-arg]
@@ -44,20 +52,47 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         """True once sealed: even accepted work may no longer re-enter."""
         self.admitted = 0
         """How many items producers have put (under the mutex)."""
+        self._room_waiters: List[Callable[[], object]] = []
 
     # -- ordering (override these to change it) ------------------------------
 
     def _init(self, maxsize: int) -> None:
-        self.queue: Deque[Any] = deque()
+        self._buckets: Dict[Any, Deque[Any]] = {}
+        # (priority, bucket) pairs, highest priority first.
+        self._levels: List[Tuple[Any, Deque[Any]]] = []
+        self._size = 0
 
     def _qsize(self) -> int:
-        return len(self.queue)
+        return self._size
 
     def _put(self, item: Any) -> None:
-        self.queue.append(item)
+        priority = getattr(item, "_priority", 0)
+        bucket = self._buckets.get(priority)
+        if bucket is None:
+            bucket = self._add_level(priority)
+        bucket.append(item)
+        self._size += 1
 
     def _get(self) -> Any:
-        return self.queue.popleft()
+        # Called with the mutex held whenever an item leaves: the moment to
+        # tell waiting async producers (asubmit) that there is room.
+        if self._room_waiters:
+            self._wake_room_waiters()
+        for _, bucket in self._levels:
+            if bucket:
+                self._size -= 1
+                return bucket.popleft()
+        raise IndexError("get from an empty WorkQueue")
+
+    def _add_level(self, priority: Any) -> Deque[Any]:
+        if len(self._levels) >= _MAX_IDLE_LEVELS:  # forget levels no longer in use
+            self._levels = [(p, b) for p, b in self._levels if b]
+            self._buckets = {p: b for p, b in self._levels}
+        bucket: Deque[Any] = deque()
+        self._buckets[priority] = bucket
+        self._levels.append((priority, bucket))
+        self._levels.sort(key=lambda level: level[0], reverse=True)
+        return bucket
 
     # -- admission ------------------------------------------------------------
 
@@ -120,6 +155,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         with self.mutex:
             self.accepting = False
             self.not_full.notify_all()
+            self._wake_room_waiters()
 
     def seal(self) -> List[Any]:
         """Close, refuse re-entries too, and return every item still queued."""
@@ -130,6 +166,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             while self._qsize():
                 items.append(self._get())
             self.not_full.notify_all()
+            self._wake_room_waiters()
             return items
 
     def wait_all_done(self, timeout: Optional[float] = None) -> bool:
@@ -142,6 +179,37 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
                     return False
                 self.all_tasks_done.wait(remaining)
             return True
+
+    def admit_deferred(self, item: Any) -> None:
+        """Count a new item as accepted without queuing it (it is held elsewhere, e.g. delayed).
+
+        It enters later through :meth:`reenter`; it is marked done like any other.
+
+        Raises:
+            QueueClosed: the queue is closed.
+        """
+        with self.mutex:
+            if not self.accepting:
+                raise self.closed_error()
+            self.admitted += 1
+            self.unfinished_tasks += 1
+
+    def when_room(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the queue has room (at once if it has now, or is closed).
+
+        It is called with the queue's mutex held, from whichever thread makes
+        the room: it must only hand the news on (e.g. to an event loop).
+        """
+        with self.mutex:
+            if not self.accepting or self.maxsize <= 0 or self._qsize() < self.maxsize:
+                callback()
+            else:
+                self._room_waiters.append(callback)
+
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for callback in waiters:
+            callback()
 
     def closed_error(self) -> QueueClosed:
         """Return the error a producer gets from a closed queue."""

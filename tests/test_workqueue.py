@@ -275,6 +275,9 @@ class LifoWorkQueue(WorkQueue):
     def _init(self, maxsize: int) -> None:
         self.queue = []  # type: ignore[assignment]
 
+    def _qsize(self) -> int:
+        return len(self.queue)
+
     def _put(self, item: Any) -> None:
         self.queue.append(item)
 

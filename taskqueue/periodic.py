@@ -1,0 +1,121 @@
+"""Periodic work: run a task every so many seconds, at a fixed rate.
+
+Runs are due at ``start + k * interval`` for k = 1, 2, ...: the rate does
+not drift however long each run or each hand-over takes. A run that is still
+going (or waiting for a retry) when the next one falls due is not stacked up
+behind it: that tick is skipped and counted. Each run is an ordinary task,
+so retries, stats, events and dead letters apply to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any, Callable, Optional
+
+from .errors import QueueClosed
+from .task import Task, TaskHandle
+
+__all__ = ["Periodic"]
+
+log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """A task that runs every ``interval`` seconds until cancelled.
+
+    Made by :meth:`TaskQueue.every`; it stops by itself when its queue shuts
+    down. Every method is safe from any thread.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        interval: float,
+        *,
+        submit: Callable[[Task], TaskHandle],
+        schedule: Callable[[Callable[[], None], float], object],
+        clock: Callable[[], float],
+    ) -> None:
+        self.task = task
+        """The work each run does."""
+        self.interval = interval
+        """Seconds between the due times of two runs."""
+        self._submit = submit
+        self._schedule = schedule
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._start = clock()
+        self._tick = 1  # the due time now scheduled: start + tick * interval
+        self._runs = 0
+        self._skipped = 0
+        self._cancelled = False
+        self._last: Optional[TaskHandle] = None
+        self._schedule(self._fire, self._start + interval)
+
+    @property
+    def runs(self) -> int:
+        """How many runs have been submitted so far."""
+        return self._runs
+
+    @property
+    def skipped(self) -> int:
+        """How many due times passed without a run, because the last run was not done."""
+        return self._skipped
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether no further runs will be submitted."""
+        return self._cancelled
+
+    @property
+    def last(self) -> Optional[TaskHandle]:
+        """The handle of the latest run, or None before the first."""
+        return self._last
+
+    def cancel(self) -> None:
+        """Submit no further runs. A run already submitted is left to finish."""
+        with self._lock:
+            self._cancelled = True
+
+    def _fire(self) -> None:
+        # Runs on the scheduler's thread (only there) at each due time. The
+        # submit happens outside the lock: it calls listeners, which may
+        # call cancel().
+        with self._lock:
+            if self._cancelled:
+                return
+            busy = self._last is not None and not self._last.done()
+            if busy:
+                self._skipped += 1
+        handle = None if busy else self._submit_run()
+        with self._lock:
+            if handle is not None:
+                self._last = handle
+                self._runs += 1
+            if not self._cancelled:
+                self._schedule(self._fire, self._next_due())
+
+    def _submit_run(self) -> Optional[TaskHandle]:
+        try:
+            return self._submit(self.task)
+        except QueueClosed:
+            pass  # the queue shut down: so do we
+        except Exception:
+            log.exception("periodic %s could not submit a run; it stops", self.task.name)
+        self.cancel()
+        return None
+
+    def _next_due(self) -> float:
+        # The next due time after now; ticks missed while the scheduler was
+        # held up count as skipped rather than firing in a burst.
+        elapsed = self._clock() - self._start
+        following = max(self._tick + 1, math.floor(elapsed / self.interval) + 1)
+        self._skipped += following - self._tick - 1
+        self._tick = following
+        return self._start + following * self.interval
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else f"every {self.interval}s"
+        return f"<Periodic {self.task.name!r} {state} runs={self._runs} skipped={self._skipped}>"
