@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging as _logging
 
 from .deadletter import DeadLetter
-from .errors import QueueClosed, QueueFull, Retry, TaskQueueError
+from .errors import QueueClosed, QueueFull, Retry, TaskQueueError, TimeLimitExceeded
 from .events import Event, EventKind
+from .periodic import Periodic
 from .pool import TaskQueue
+from .registry import TaskFunction
 from .retry import Backoff
 from .stats import Stats
 from .task import Task, TaskHandle, TaskState
@@ -36,6 +38,8 @@ __all__ = [
     "Task",
     "TaskHandle",
     "TaskState",
+    "TaskFunction",
+    "Periodic",
     # Retries
     "Backoff",
     "Retry",
@@ -48,4 +52,5 @@ __all__ = [
     "TaskQueueError",
     "QueueFull",
     "QueueClosed",
+    "TimeLimitExceeded",
 ]

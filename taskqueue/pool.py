@@ -23,14 +23,16 @@ import traceback
 import weakref
 from concurrent.futures import Executor
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from . import validate
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import QueueClosed, QueueFull, TimeLimitExceeded
 from .events import EventKind, Listener, Listeners
 from .retry import Backoff, RetryPolicy, RandomSource, check_retry_on, decide
+from .mapping import lazy_map
 from .periodic import Periodic
+from .registry import Registry, TaskFunction
 from .scheduler import Scheduler
 from .stats import Stats, WorkerTally, snapshot
 from .task import Task, TaskHandle, callable_name
@@ -132,6 +134,7 @@ class TaskQueue(Executor):
         self._keys: Dict[str, TaskHandle] = {}  # unique tasks not yet terminal, by key
         self._keys_lock = threading.Lock()
         self._periodics: List[Periodic] = []
+        self._registry = Registry(self.submit, asubmit=self.asubmit)
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
         # Known from birth, not from start(): a fork in the middle of start()
@@ -274,6 +277,54 @@ class TaskQueue(Executor):
                 await asyncio.wait_for(room, remaining)
             except asyncio.TimeoutError:
                 pass  # one last try above, which raises QueueFull if still full
+
+    def task(self, fn: Optional[Callable[..., Any]] = None, /, *, name: Optional[str] = None,
+             **options: Any) -> Any:
+        """Register a function as a task function of this queue; a decorator.
+
+        ``@queue.task`` or ``@queue.task(retries=3, priority=5, ...)`` (any
+        :class:`Task` option). The result is a :class:`TaskFunction`: calling
+        it runs the function inline; ``.submit(*args, **kwargs)`` queues it
+        with those options; ``.options(**changes).submit(...)`` overrides
+        them for one submission. Task functions are registered by name
+        (``module.qualname`` unless ``name=`` is given) in :attr:`tasks`.
+
+        Raises:
+            TypeError: an unknown option, or a value of the wrong type.
+            ValueError: the name is already registered, or a value is out of range.
+        """
+        return self._registry.task(fn, name=name, **options)
+
+    @property
+    def tasks(self) -> Mapping[str, TaskFunction[Any]]:
+        """The registered task functions, by name (read-only)."""
+        return self._registry.tasks
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],  # type: ignore[override]
+            timeout: Optional[float] = None, chunksize: int = 1,
+            buffersize: Optional[int] = None) -> Iterator[Any]:
+        """Return ``fn(*args)`` for each zipped item of ``iterables``, in input order.
+
+        Unlike ``ThreadPoolExecutor.map``, the input is consumed lazily: at
+        most ``buffersize`` tasks (default: ``maxsize``, or 1024 for an
+        unbounded queue) are in flight, so mapping over an endless
+        generator uses bounded memory. The first failed item raises its
+        exception when its result is reached; closing the iterator early
+        cancels what has not started.
+
+        Args:
+            timeout: seconds, from this call, within which every result must
+                be ready; ``concurrent.futures.TimeoutError`` otherwise.
+            chunksize: accepted for Executor compatibility; ignored.
+            buffersize: the most tasks in flight at once (>= 1).
+
+        Raises:
+            TypeError, ValueError: a bad ``timeout`` or ``buffersize``, before
+                anything is submitted.
+        """
+        if buffersize is None:
+            buffersize = self._work.maxsize or 1024
+        return lazy_map(self.submit, fn, iterables, timeout=timeout, buffersize=buffersize)
 
     def every(self, interval: float, fn: Any, /, *args: Any, **kwargs: Any) -> Periodic:
         """Run ``fn(*args, **kwargs)`` every ``interval`` seconds until cancelled.
