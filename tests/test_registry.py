@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import WAIT
+from conftest import WAIT, Gate
 from taskqueue import Backoff, Task, TaskHandle, TaskState
 from taskqueue.registry import OPTIONS, Registry, TaskFunction, default_name
 
@@ -419,3 +419,36 @@ def test_on_a_real_queue_a_dead_letter_carries_the_registered_name(make_queue) -
     [letter] = queue.dead_letters()
     assert letter.task.name == "charge-card"
     assert queue.requeue(letter).result(WAIT) == 5
+
+
+@pytest.mark.timeout(30)
+def test_on_a_real_queue_options_pass_delay_and_key_through(make_queue, gate: Gate) -> None:
+    queue = make_queue(workers=1)
+    registry = Registry(queue.submit)
+    held = registry.register(gate.wait, name="held")
+    # A delayed task waits in the scheduler instead of running
+    delayed = held.options(delay=60).submit()
+    assert delayed.state is TaskState.SCHEDULED
+    # A second submission with the same key, while the first is live, is the first
+    first = held.options(key="b42").submit()
+    assert held.options(key="b42").submit() is first
+    gate.wait_for_arrivals(1)
+    gate.open()
+    assert first.result(WAIT) == "through"
+    assert delayed.cancel()
+
+
+@pytest.mark.timeout(30)
+def test_on_a_real_queue_asubmit_goes_through_the_queues_asubmit(make_queue) -> None:
+    queue = make_queue(workers=1)
+    registry = Registry(queue.submit, asubmit=queue.asubmit)
+    function = registry.register(add, name="async-add")
+
+    async def main() -> TaskHandle:
+        handle = await function.asubmit(2, y=3)
+        assert await asyncio.wrap_future(handle) == 5
+        return handle
+
+    handle = asyncio.run(main())
+    assert handle.name == "async-add"
+    assert queue.stats().submitted == 1
