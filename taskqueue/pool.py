@@ -324,7 +324,13 @@ class TaskQueue(Executor):
         """
         if buffersize is None:
             buffersize = self._work.maxsize or 1024
-        return lazy_map(self.submit, fn, iterables, timeout=timeout, buffersize=buffersize)
+        submit: Callable[..., TaskHandle] = self.submit
+        if isinstance(fn, TaskFunction):  # keep its options (retries, priority, ...)
+            submit = self._submit_task_function
+        return lazy_map(submit, fn, iterables, timeout=timeout, buffersize=buffersize)
+
+    def _submit_task_function(self, fn: TaskFunction[Any], /, *args: Any) -> TaskHandle:
+        return self.submit(fn.task(*args))
 
     def every(self, interval: float, fn: Any, /, *args: Any, **kwargs: Any) -> Periodic:
         """Run ``fn(*args, **kwargs)`` every ``interval`` seconds until cancelled.

@@ -503,3 +503,11 @@ def test_a_worker_submitting_into_its_own_full_queue_does_not_deadlock(
     parent = queue.submit(fan_out)
     children = parent.result(WAIT)
     assert [c.result(WAIT) for c in children] == list(range(20))
+
+
+def test_map_over_a_task_function_keeps_its_options(make_queue: Callable[..., TaskQueue]) -> None:
+    queue = make_queue(workers=2, retries=0)
+    flaky = FailTimes(1)
+    send = queue.task(name="flaky", retries=1, backoff=Backoff.none())(flaky)
+    assert list(queue.map(send, range(20))) == list(range(20))
+    assert queue.stats().retried == 20
