@@ -1,0 +1,181 @@
+"""Peer libraries run in-process on the no-op workload: Huey and Dramatiq.
+
+Each adapter first says whether its peer can run here at all
+(:meth:`Peer.unavailable`): not installed, or installed but unable to run
+in this process (the reason is given, taken from what failed). Only a peer
+that ran gets a number; the table never shows an invented one.
+
+Both peers are set up to be as fast as they can be in-process, so that a
+win against them means something: Huey's consumer polls its in-memory
+queue every 1 ms (its default of 100 ms would only idle its workers), and
+Dramatiq's results are collected after ``broker.join`` so that its
+result polling never sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import metadata
+from time import perf_counter
+from typing import Any, Callable, Dict, List, Optional
+
+from .workloads import noop
+
+__all__ = ["Peer", "Huey", "Dramatiq", "PEERS", "version_of"]
+
+INSTALL_HINT = "not installed (pip install '.[bench]')"
+# A peer that cannot finish a handful of no-op tasks in this long is not
+# going to run here; the probe gives up instead of hanging the suite.
+_PROBE_TIMEOUT = 30.0
+_PROBE_TASKS = 20
+# The longest any one wait on a peer may take in a measured run.
+_WAIT_TIMEOUT = 300.0
+
+
+def version_of(distribution: str) -> Optional[str]:
+    """Return the installed version of ``distribution``, or None."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class Peer:
+    """One peer library: how to tell whether it runs here, and how to run it.
+
+    Subclasses set :attr:`name`, :attr:`distribution`, :attr:`setup` and
+    implement :meth:`throughput`.
+    """
+
+    name = ""
+    """The contender's name in the table."""
+    distribution = ""
+    """The PyPI distribution that provides it."""
+    setup = ""
+    """How it is configured and how its results are awaited (shown as a note)."""
+
+    def unavailable(self) -> Optional[str]:
+        """Return why this peer cannot be measured here, or None if it can.
+
+        Imports it and runs a few no-op tasks, in a thread and with a
+        time limit, so that a peer that hangs in this process is reported
+        rather than hanging the suite.
+        """
+        if version_of(self.distribution) is None:
+            return INSTALL_HINT
+        outcome: List[BaseException] = []
+
+        def probe() -> None:
+            try:
+                self.throughput(workers=2, tasks=_PROBE_TASKS)
+            except BaseException as exc:  # whatever fails, it is the reason given
+                outcome.append(exc)
+
+        thread = threading.Thread(target=probe, name=f"probe-{self.distribution}", daemon=True)
+        thread.start()
+        thread.join(_PROBE_TIMEOUT)
+        if thread.is_alive():
+            return f"cannot run in-process: {_PROBE_TASKS} tasks did not finish in {_PROBE_TIMEOUT:.0f} s"
+        if outcome:
+            exc = outcome[0]
+            return f"cannot run in-process: {type(exc).__name__}: {exc}"
+        return None
+
+    def throughput(self, workers: int, tasks: int) -> Dict[str, float]:
+        """Run ``tasks`` no-op tasks on ``workers`` threads; return tasks per second."""
+        raise NotImplementedError
+
+
+class Huey(Peer):
+    """Huey with ``MemoryHuey`` and its consumer's thread workers, in this process."""
+
+    name = "Huey"
+    distribution = "huey"
+    setup = ("MemoryHuey(store_none=True), Consumer(worker_type='thread'), polling every 1 ms; "
+             "results awaited with result.get(blocking=True)")
+
+    def throughput(self, workers: int, tasks: int) -> Dict[str, float]:
+        from huey import MemoryHuey
+
+        huey = MemoryHuey("taskqueue-benchmark", results=True, store_none=True)
+        task = huey.task()(noop)
+        consumer = _huey_consumer(huey, workers)
+        consumer.start()
+        try:
+            _huey_round(task, workers)  # warm: every worker has polled once
+            start = perf_counter()
+            _huey_round(task, tasks)
+            elapsed = perf_counter() - start
+        finally:
+            consumer.stop(graceful=True)
+        return {"throughput": tasks / elapsed, "seconds": elapsed}
+
+
+def _huey_round(task: Callable[[], Any], tasks: int) -> None:
+    results = [task() for _ in range(tasks)]
+    for result in results:
+        result.get(blocking=True, timeout=_WAIT_TIMEOUT)
+
+
+def _huey_consumer(huey: Any, workers: int) -> Any:
+    from huey.consumer import Consumer
+
+    class InProcessConsumer(Consumer):  # type: ignore[misc,valid-type]
+        """A consumer that leaves the process's signal handlers alone."""
+
+        # Huey's consumer expects to own its process: start() installs
+        # handlers for SIGINT, SIGTERM and SIGHUP (and fails outside the
+        # main thread). A guest in the benchmark's process must not take
+        # Ctrl-C away from it, so this one hook does nothing.
+        def _set_signal_handlers(self) -> None:
+            pass
+
+    return InProcessConsumer(huey, workers=workers, worker_type="thread", periodic=False,
+                             initial_delay=0.001, backoff=1.15, max_delay=0.01,
+                             check_worker_health=False)
+
+
+class Dramatiq(Peer):
+    """Dramatiq with a ``StubBroker`` and a ``Worker`` in this process."""
+
+    name = "Dramatiq"
+    distribution = "dramatiq"
+    setup = ("StubBroker + Results(StubBackend), Worker(worker_threads=4); "
+             "awaited with broker.join(queue), then every message's get_result()")
+
+    def throughput(self, workers: int, tasks: int) -> Dict[str, float]:
+        import dramatiq
+        from dramatiq.brokers.stub import StubBroker
+        from dramatiq.results import Results
+        from dramatiq.results.backends import StubBackend
+
+        backend = StubBackend()
+        # StubBackend keeps results in a dict shared by the class; a dict of
+        # its own keeps one run's results from piling up under the next.
+        backend.results = {}
+        broker = StubBroker()
+        broker.add_middleware(Results(backend=backend))
+        actor = dramatiq.actor(noop, broker=broker, store_results=True,
+                               actor_name="taskqueue_benchmark_noop")
+        worker = dramatiq.Worker(broker, worker_threads=workers, worker_timeout=100)
+        worker.start()
+        try:
+            _dramatiq_round(broker, backend, actor, workers)  # warm
+            start = perf_counter()
+            _dramatiq_round(broker, backend, actor, tasks)
+            elapsed = perf_counter() - start
+        finally:
+            worker.stop()
+            broker.close()
+        return {"throughput": tasks / elapsed, "seconds": elapsed}
+
+
+def _dramatiq_round(broker: Any, backend: Any, actor: Any, tasks: int) -> None:
+    messages = [actor.send() for _ in range(tasks)]
+    broker.join(actor.queue_name, timeout=int(_WAIT_TIMEOUT * 1000))
+    for message in messages:
+        backend.get_result(message, block=True, timeout=int(_WAIT_TIMEOUT * 1000))
+
+
+PEERS: List[Peer] = [Huey(), Dramatiq()]
+"""The peers scenario 9 runs against, in table order."""

@@ -1,0 +1,265 @@
+"""The scenarios: each one small function, registered with ``@scenario``.
+
+To add a scenario, write one function here that takes a
+:class:`~benchmarks.registry.Context`, measures its contenders with
+``ctx.measure`` and returns its rows with ``ctx.compare``; decorate it with
+its name, title and sizes per mode. Nothing else needs to change: the CLI,
+the table, the JSON and ``--only`` all read the registry.
+
+taskqueue runs with its defaults unless the scenario says otherwise. The
+sizes of each mode are recorded in every row of the JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List
+
+from taskqueue import Backoff, TaskQueue
+
+from .baselines import bare_loop_throughput, ideal_throughput, thread_pool
+from .harness import Metric, Result, Target
+from .peers import PEERS, version_of
+from .registry import Context, scenario
+from .workloads import (
+    FailOnce,
+    latency,
+    noop,
+    pending_memory,
+    sleep_1ms,
+    streamed,
+    submit_cost,
+    throughput,
+)
+
+__all__: List[str] = []  # everything here is reached through the registry
+
+THROUGHPUT = Metric("throughput", "throughput", "tasks/s", higher_is_better=True)
+SUBMIT_COST = Metric("submit_us", "submit() cost", "us/call", higher_is_better=False)
+MEMORY = Metric("bytes_per_task", "memory per pending task", "bytes", higher_is_better=False)
+COST = Metric("us_per_task", "cost per task", "us/task", higher_is_better=False)
+
+TASKQUEUE = "taskqueue"
+
+
+def _tpe(workers: int) -> str:
+    return f"ThreadPoolExecutor({workers})"
+
+
+def _queue(workers: int, **options: object) -> Callable[[], TaskQueue]:
+    return lambda: TaskQueue(workers=workers, **options)  # type: ignore[arg-type]
+
+
+@scenario("noop", "1. No-op throughput, 4 workers, a handle per task, every result awaited",
+          full={"tasks": 100_000, "workers": 4},
+          quick={"tasks": 20_000, "workers": 4},
+          smoke={"tasks": 300, "workers": 4})
+def noop_throughput(ctx: Context) -> List[Result]:
+    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
+    bare = f"bare loop, {workers} threads"
+    samples = ctx.measure({
+        _tpe(workers): lambda: throughput(thread_pool(workers), workers, [noop] * tasks),
+        bare: lambda: bare_loop_throughput(workers, tasks),
+        TASKQUEUE: lambda: throughput(_queue(workers), workers, [noop] * tasks),
+    })
+    return [
+        ctx.compare(samples, THROUGHPUT, _tpe(workers), target=Target.at_least(2.0)),
+        ctx.compare(samples, THROUGHPUT, bare, target=Target.at_least(0.5),
+                    note="bare loop: queue.Queue(maxsize=1024) + threads doing "
+                         "get / call / task_done; no futures, no results"),
+    ]
+
+
+@scenario("producer", "2. Producer cost: microseconds per submit() while workers keep up",
+          full={"tasks": 50_000, "burst": 100, "workers": 4},
+          quick={"tasks": 20_000, "burst": 100, "workers": 4},
+          smoke={"tasks": 500, "burst": 100, "workers": 4})
+def producer_cost(ctx: Context) -> List[Result]:
+    tasks, burst, workers = ctx.sizes["tasks"], ctx.sizes["burst"], ctx.sizes["workers"]
+    samples = ctx.measure({
+        _tpe(workers): lambda: submit_cost(thread_pool(workers), workers, tasks, burst),
+        TASKQUEUE: lambda: submit_cost(_queue(workers), workers, tasks, burst),
+    })
+    return [ctx.compare(samples, SUBMIT_COST, _tpe(workers), target=Target.at_most(1.0))]
+
+
+@scenario("io-scaling", "3. I/O-bound scaling: tasks sleeping 1 ms, throughput against workers / 1 ms",
+          full={"tasks": 2_000, "workers": [1, 2, 4, 8, 16, 32, 64]},
+          quick={"tasks": 400, "workers": [1, 2, 4, 8, 16, 32, 64]},
+          smoke={"tasks": 40, "workers": [1, 4, 64]})
+def io_scaling(ctx: Context) -> List[Result]:
+    tasks = ctx.sizes["tasks"]
+    slept = _measured_sleep()
+    note = (f"ideal = workers / 1 ms; time.sleep(0.001) itself takes {slept * 1e3:.3f} ms "
+            f"here (median of 200), so no pool can pass {0.001 / slept:.2f}x of ideal")
+    rows = []
+    for workers in ctx.sizes["workers"]:
+        ideal = f"ideal ({workers} / 1 ms)"
+        bare = f"bare loop, {workers} threads"
+        samples = ctx.measure({
+            ideal: lambda: ideal_throughput(workers, 0.001),
+            _tpe(workers): lambda: throughput(thread_pool(workers), workers, [sleep_1ms] * tasks),
+            bare: lambda: bare_loop_throughput(workers, tasks, sleep_1ms),
+            TASKQUEUE: lambda: throughput(_queue(workers), workers, [sleep_1ms] * tasks),
+        }, label=f"workers={workers}", warmup=0)
+        metric = Metric("throughput", f"throughput, {workers} worker{'s' if workers > 1 else ''}",
+                        "tasks/s", True)
+        rows.append(ctx.compare(samples, metric, ideal, workers=workers,
+                                target=Target.at_least(0.9) if workers <= 32 else None,
+                                note=note if not rows else None,
+                                sleep_measured_ms=round(slept * 1e3, 4)))
+        rows.append(ctx.compare(samples, metric, _tpe(workers), workers=workers,
+                                target=Target.at_least(1.0)))
+        # No target: the bare loop shows what any pool can reach on this machine.
+        rows.append(ctx.compare(samples, metric, bare, workers=workers))
+    return rows
+
+
+def _measured_sleep() -> float:
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        time.sleep(0.001)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@scenario("latency", "4. Latency, submit -> start, light load (one task in flight) and saturation",
+          full={"light_tasks": 2_000, "saturated_tasks": 20_000, "workers": 4},
+          quick={"light_tasks": 1_000, "saturated_tasks": 5_000, "workers": 4},
+          smoke={"light_tasks": 50, "saturated_tasks": 200, "workers": 4})
+def submit_to_start(ctx: Context) -> List[Result]:
+    light, saturated, workers = (ctx.sizes["light_tasks"], ctx.sizes["saturated_tasks"],
+                                 ctx.sizes["workers"])
+    samples = ctx.measure({
+        _tpe(workers): lambda: latency(thread_pool(workers), workers, light, saturated),
+        TASKQUEUE: lambda: latency(_queue(workers), workers, light, saturated),
+    })
+    rows = []
+    for key, label, target in (
+        ("light_p50", "p50, light load", None),
+        ("light_p99", "p99, light load", Target.at_most(1.0)),
+        ("saturated_p50", "p50, saturated", None),
+        ("saturated_p99", "p99, saturated", None),
+    ):
+        note = None
+        if key == "saturated_p50":
+            note = ("saturated: ThreadPoolExecutor's queue is unbounded, taskqueue's holds 1024 "
+                    "and the producer waits for room (that wait counts as latency)")
+        rows.append(ctx.compare(samples, Metric(key, label, "us", False), _tpe(workers),
+                                target=target, note=note))
+    return rows
+
+
+@scenario("memory", "5. Memory per pending task (tracemalloc), workers blocked",
+          full={"tasks": 200_000, "workers": 4, "maxsize": 300_000},
+          quick={"tasks": 20_000, "workers": 4, "maxsize": 300_000},
+          smoke={"tasks": 1_000, "workers": 4, "maxsize": 300_000})
+def memory_per_pending_task(ctx: Context) -> List[Result]:
+    tasks, workers, maxsize = ctx.sizes["tasks"], ctx.sizes["workers"], ctx.sizes["maxsize"]
+    samples = ctx.measure({
+        _tpe(workers): lambda: pending_memory(thread_pool(workers), workers, tasks),
+        TASKQUEUE: lambda: pending_memory(_queue(workers, maxsize=maxsize), workers, tasks),
+    }, warmup=0)
+    return [ctx.compare(samples, MEMORY, _tpe(workers), target=Target.at_most(0.5))]
+
+
+@scenario("growth", "6. Cost per task as the work grows, streamed through the bounded queue",
+          full={"tasks": [10**3, 10**4, 10**5, 10**6], "reference": 10**4, "window": 4096,
+                "workers": 4},
+          quick={"tasks": [10**3, 10**4, 10**5], "reference": 10**4, "window": 4096,
+                 "workers": 4},
+          smoke={"tasks": [100, 1_000, 3_000], "reference": 1_000, "window": 512,
+                 "workers": 4})
+def cost_as_work_grows(ctx: Context) -> List[Result]:
+    sizes, reference = ctx.sizes["tasks"], ctx.sizes["reference"]
+    window, workers = ctx.sizes["window"], ctx.sizes["workers"]
+
+    def run(n: int) -> Callable[[], Dict[str, float]]:
+        return lambda: streamed(_queue(workers), workers, n, window)
+
+    # The reference run fills the baseline column: its name says what it is.
+    names = {n: f"taskqueue, n={n:,}" if n == reference else f"n={n:,}" for n in sizes}
+    samples = ctx.measure({names[n]: run(n) for n in sizes}, warmup=0)
+    largest = max(sizes)
+    note = None
+    if largest != 10**6:
+        note = f"{ctx.mode} mode: sizes scaled down; the 1.2x target is checked at n={largest:,}"
+    return [
+        ctx.compare(samples, Metric("us_per_task", f"cost, n={n:,}", "us/task", False),
+                    names[reference], subject=names[n], tasks_measured=n,
+                    target=Target.at_most(1.2) if n == largest else None,
+                    note=note if n == largest else None)
+        for n in sizes if n != reference
+    ]
+
+
+@scenario("retry", "7. Retry-heavy: every task fails once then succeeds (Backoff.none())",
+          full={"tasks": 50_000, "workers": 4, "retries": 1},
+          quick={"tasks": 10_000, "workers": 4, "retries": 1},
+          smoke={"tasks": 300, "workers": 4, "retries": 1})
+def retry_heavy(ctx: Context) -> List[Result]:
+    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
+    make = _queue(workers, retries=1, backoff=Backoff.none())
+    samples = ctx.measure({
+        "taskqueue, all succeed": lambda: throughput(make, workers, [FailOnce(False) for _ in range(tasks)]),
+        "fail once, retry": lambda: throughput(make, workers, [FailOnce() for _ in range(tasks)]),
+    })
+    metric = Metric("throughput", "throughput, retried once", "tasks/s", True)
+    return [ctx.compare(samples, metric, "taskqueue, all succeed", subject="fail once, retry",
+                        target=Target.at_least(0.45),
+                        note="logging left as a user has it by default: each retry is "
+                             "logged at WARNING on 'taskqueue' (to its NullHandler)")]
+
+
+@scenario("listener", "8. Observability cost: one add_listener callback attached",
+          full={"tasks": 100_000, "workers": 4},
+          quick={"tasks": 20_000, "workers": 4},
+          smoke={"tasks": 300, "workers": 4})
+def listener_cost(ctx: Context) -> List[Result]:
+    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
+
+    def listened() -> TaskQueue:
+        queue = TaskQueue(workers=workers)
+        queue.add_listener(_ignore)
+        return queue
+
+    samples = ctx.measure({
+        "taskqueue, no listener": lambda: throughput(_queue(workers), workers, [noop] * tasks),
+        "one listener": lambda: throughput(listened, workers, [noop] * tasks),
+    })
+    metric = Metric("throughput", "throughput, 1 listener", "tasks/s", True)
+    return [ctx.compare(samples, metric, "taskqueue, no listener", subject="one listener",
+                        target=Target.at_least(0.8))]
+
+
+def _ignore(event: object) -> None:
+    """A listener that does nothing: the cost measured is the events' own."""
+
+
+@scenario("peers", "9. Peers on scenario 1: Huey and Dramatiq in-process, 4 workers",
+          full={"tasks": 100_000, "workers": 4},
+          quick={"tasks": 10_000, "workers": 4},
+          smoke={"tasks": 200, "workers": 4})
+def peers(ctx: Context) -> List[Result]:
+    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
+    reasons = {peer.name: peer.unavailable() for peer in PEERS}
+    contenders = {
+        peer.name: (lambda peer=peer: peer.throughput(workers, tasks))
+        for peer in PEERS if reasons[peer.name] is None
+    }
+    contenders[TASKQUEUE] = lambda: throughput(_queue(workers), workers, [noop] * tasks)
+    samples = ctx.measure(contenders)
+    rows = []
+    for peer in PEERS:
+        version = version_of(peer.distribution)
+        shown = f"{peer.name} {version}" if version else peer.name
+        reason = reasons[peer.name]
+        if reason is None:
+            rows.append(ctx.compare(samples, THROUGHPUT, peer.name, target=Target.above(1.0),
+                                    note=f"{shown}: {peer.setup}", peer_version=version))
+        else:
+            rows.append(ctx.not_measured(samples, THROUGHPUT, peer.name, target=Target.above(1.0),
+                                         note=f"{shown}: {reason}", peer_version=version))
+    return rows

@@ -1,0 +1,220 @@
+"""Workloads that drive any ``concurrent.futures.Executor`` once and time it.
+
+taskqueue's ``TaskQueue`` and the stdlib's ``ThreadPoolExecutor`` share the
+Executor API, so both sides of a comparison run the very same driver code:
+only the factory differs. Every driver builds its pool, warms it (all worker
+threads started and idle), times only the part the metric is about, and
+shuts the pool down outside the clock. Each returns its figures as a dict.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import tracemalloc
+from collections import deque
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence
+
+from .harness import percentile
+
+__all__ = [
+    "noop",
+    "sleep_1ms",
+    "FailOnce",
+    "running",
+    "throughput",
+    "submit_cost",
+    "latency",
+    "pending_memory",
+    "streamed",
+]
+
+ExecutorFactory = Callable[[], Executor]
+
+# Generous: only a broken pool takes this long to start four threads.
+_WARM_TIMEOUT = 60.0
+
+
+def noop() -> None:
+    """Do nothing: whatever a run of these costs is the queue's own cost."""
+
+
+def sleep_1ms() -> None:
+    """Block for 1 ms without using the CPU, like a short call to a remote service."""
+    time.sleep(0.001)
+
+
+class FailOnce:
+    """A task that raises on its first call and returns on its second.
+
+    Args:
+        fail: False makes a task that succeeds at once, for the all-succeed run,
+            so that both runs call the same kind of object.
+    """
+
+    __slots__ = ("failed",)
+
+    def __init__(self, fail: bool = True) -> None:
+        self.failed = not fail
+
+    def __call__(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("failing once, as planned")
+
+
+@contextmanager
+def running(make: ExecutorFactory, workers: int) -> Iterator[Executor]:
+    """Yield a pool from ``make`` with all ``workers`` threads started; shut it down after.
+
+    ``ThreadPoolExecutor`` starts a thread per submit until it has
+    ``max_workers``: tasks that all wait on one barrier force every thread
+    into existence before the clock starts, for it and for taskqueue alike.
+    """
+    executor = make()
+    try:
+        barrier = threading.Barrier(workers + 1)
+        started = [executor.submit(barrier.wait, _WARM_TIMEOUT) for _ in range(workers)]
+        barrier.wait(_WARM_TIMEOUT)
+        for future in started:
+            future.result()
+        yield executor
+    finally:
+        executor.shutdown(wait=True)
+
+
+def throughput(make: ExecutorFactory, workers: int, calls: Sequence[Callable[[], object]]
+               ) -> Dict[str, float]:
+    """Submit every call, then await every result; return tasks per second.
+
+    The producer keeps one handle per task, as a caller that wants every
+    result does; a bounded pool makes it wait for room as it goes.
+    """
+    with running(make, workers) as executor:
+        submit = executor.submit
+        start = perf_counter()
+        handles = [submit(call) for call in calls]
+        for handle in handles:
+            handle.result()
+        elapsed = perf_counter() - start
+        del handles
+    return {"throughput": len(calls) / elapsed, "seconds": elapsed}
+
+
+def submit_cost(make: ExecutorFactory, workers: int, tasks: int, burst: int
+                ) -> Dict[str, float]:
+    """Return the microseconds a producer spends in each ``submit()`` call.
+
+    Tasks go in bursts of ``burst`` (fewer than the queue holds), and the
+    producer waits for each burst to finish before the next: the workers
+    keep up, so submit never waits for room, and only the call is timed.
+    """
+    with running(make, workers) as executor:
+        submit = executor.submit
+        spent = 0.0
+        for _ in range(max(1, tasks // burst)):
+            start = perf_counter()
+            for _ in range(burst):
+                last = submit(noop)
+            spent += perf_counter() - start
+            last.result()
+    return {"submit_us": spent / (max(1, tasks // burst) * burst) * 1e6}
+
+
+def latency(make: ExecutorFactory, workers: int, light_tasks: int, saturated_tasks: int
+            ) -> Dict[str, float]:
+    """Return submit -> start percentiles in microseconds, light and saturated.
+
+    Each task returns the moment it started (it *is* ``perf_counter``).
+    Light load: one task in flight at a time. Saturation: every task
+    submitted as fast as the producer can, each stamped just before its
+    submit call, so the time spent waiting for room counts too.
+    """
+    with running(make, workers) as executor:
+        light = _light_latencies(executor, light_tasks)
+        saturated = _saturated_latencies(executor, saturated_tasks)
+    return {
+        "light_p50": percentile(light, 0.50) * 1e6,
+        "light_p99": percentile(light, 0.99) * 1e6,
+        "saturated_p50": percentile(saturated, 0.50) * 1e6,
+        "saturated_p99": percentile(saturated, 0.99) * 1e6,
+    }
+
+
+def _light_latencies(executor: Executor, tasks: int) -> List[float]:
+    waits = []
+    for _ in range(tasks):
+        submitted = perf_counter()
+        started = executor.submit(perf_counter).result()
+        waits.append(started - submitted)
+    return waits
+
+
+def _saturated_latencies(executor: Executor, tasks: int) -> List[float]:
+    submitted = [0.0] * tasks
+    handles: List[Optional[object]] = [None] * tasks
+    submit = executor.submit
+    for index in range(tasks):
+        submitted[index] = perf_counter()
+        handles[index] = submit(perf_counter)
+    return [h.result() - s for h, s in zip(handles, submitted)]  # type: ignore[union-attr]
+
+
+def pending_memory(make: ExecutorFactory, workers: int, tasks: int) -> Dict[str, float]:
+    """Return the bytes each pending task holds, measured with tracemalloc.
+
+    Every worker is held on an Event first, so that all ``tasks`` stay
+    pending; the handle list is allocated before tracing starts, so it is
+    not counted (it would be the same 8 bytes a task on either side).
+    """
+    release = threading.Event()
+    held = threading.Semaphore(0)
+
+    def hold() -> None:
+        held.release()
+        release.wait()
+
+    with running(make, workers) as executor:
+        for _ in range(workers):
+            executor.submit(hold)
+        for _ in range(workers):
+            held.acquire()
+        handles: List[Optional[object]] = [None] * tasks
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for index in range(tasks):
+                handles[index] = executor.submit(noop)
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            release.set()
+        for handle in handles:
+            handle.result()  # type: ignore[union-attr]
+    return {"bytes_per_task": (after - before) / tasks}
+
+
+def streamed(make: ExecutorFactory, workers: int, tasks: int, window: int) -> Dict[str, float]:
+    """Stream ``tasks`` through the pool, awaiting each result ``window`` tasks later.
+
+    The producer never holds more than ``window`` handles, so memory stays
+    flat whatever ``tasks`` is; what grows with it is only the work. Returns
+    the microseconds per task.
+    """
+    with running(make, workers) as executor:
+        submit = executor.submit
+        pending: Deque[object] = deque()
+        start = perf_counter()
+        for _ in range(tasks):
+            pending.append(submit(noop))
+            if len(pending) > window:
+                pending.popleft().result()  # type: ignore[attr-defined]
+        while pending:
+            pending.popleft().result()  # type: ignore[attr-defined]
+        elapsed = perf_counter() - start
+    return {"us_per_task": elapsed / tasks * 1e6}
