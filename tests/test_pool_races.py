@@ -1,0 +1,177 @@
+"""Races in the pool's concurrency paths: shutdown, retries, cancels, crashes, fork.
+
+A second reader's tests. Each one forces an interleaving with events and
+gates (never a sleep), or shakes one loose by running a racy scenario many
+times under ``sys.setswitchinterval(1e-6)``; every wait is bounded, so that
+a hang fails the test instead of hanging the run.
+
+Tests marked ``xfail(strict=True, reason="BUG: ...")`` show a real bug: they
+pass once the bug is fixed, and then the marker must go.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import pytest
+
+from conftest import WAIT, Gate
+from taskqueue import (
+    Backoff,
+    EventKind,
+    QueueClosed,
+    QueueFull,
+    Retry,
+    TaskHandle,
+    TaskQueue,
+    TaskState,
+)
+from taskqueue.stats import WorkerTally, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A hang detector for a wait that a correct queue ends within milliseconds;
+# used only where the bug makes the wait endless (an xfail would otherwise
+# cost the full WAIT).
+HANG = 3.0
+
+
+@pytest.fixture
+def shaken() -> Iterator[None]:
+    """Switch threads as often as the interpreter can, to shake interleavings loose."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def quiet_logs() -> Iterator[None]:
+    """Silence the taskqueue logger: these tests make it warn a lot, on purpose."""
+    logger = logging.getLogger("taskqueue")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def assert_settled(queue: TaskQueue, handles: List[TaskHandle]) -> None:
+    """Every handle is terminal, the counters agree with them, and join() is free."""
+    assert all(h.done() for h in handles), [h for h in handles if not h.done()][:5]
+    states = [h.state for h in handles]
+    stats = queue.stats()
+    assert stats.submitted == len(handles)
+    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+    assert stats.failed == states.count(TaskState.FAILED)
+    assert stats.cancelled == states.count(TaskState.CANCELLED)
+    assert (stats.pending, stats.running) == (0, 0)
+    assert queue.join(0)
+
+
+def settle(handles: List[TaskHandle]) -> None:
+    """Wait (bounded) until every handle is terminal."""
+    done, not_done = cf.wait(handles, timeout=WAIT)
+    assert not not_done, f"{len(not_done)} handles never ended"
+
+
+class FirstAckCrashes(TaskQueue):
+    """A queue whose first acknowledgement of a success fails (the documented fault seam)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fault_lock = threading.Lock()
+        self.faulted = False
+
+    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
+        with self._fault_lock:
+            first, self.faulted = not self.faulted, True
+        if first:
+            raise RuntimeError("injected fault between the task and its acknowledgement")
+        super()._settle_success(handle, result, tally)
+
+
+# -- a replacement worker is not yet known as a worker --------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: pool._start_worker adds the new thread's ident to _worker_ids only after "
+    "thread.start() returned; a replacement worker runs queued tasks before that, so its "
+    "submit() is bounded (can deadlock on its own full queue) and its join() is not refused"))
+@pytest.mark.timeout(60)
+def test_a_replacement_worker_is_a_worker_from_its_first_task(quiet_logs: None) -> None:
+    seen = []
+    for _ in range(5):
+        # Given a one-slot, one-worker queue whose first acknowledgement fails
+        queue = FirstAckCrashes(workers=1, maxsize=1)
+        gate = Gate()
+        first = queue.submit(gate.wait)
+        gate.wait_for_arrivals(1)
+
+        def follow_up() -> tuple:
+            # A task that submits follow-up work into its own queue, and asks to join.
+            try:
+                queue.submit_nowait(abs, -1)
+                admitted = "admitted"
+            except QueueFull:
+                admitted = "QueueFull"
+            try:
+                queue.join(0)
+                joined = "join not refused"
+            except RuntimeError:
+                joined = "refused"
+            return admitted, joined
+
+        probe = queue.submit(follow_up)  # fills the one slot
+        # When the worker dies acknowledging `first`, which is requeued behind
+        # the probe, and a replacement takes the probe at once
+        gate.open()
+        seen.append(probe.result(WAIT))
+        assert first.result(WAIT) == "through"
+        queue.shutdown()
+    # Then the replacement is treated as the worker it is
+    assert seen == [("admitted", "refused")] * 5
+
+
+# -- thread identity after the workers are gone ------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: pool._worker_ids keeps the idents of workers that exited after shutdown; the OS "
+    "reuses them, so join() from an unrelated new thread is refused as if from a worker "
+    "(and shutdown() from it would not wait)"))
+@pytest.mark.timeout(30)
+def test_join_after_shutdown_from_a_new_thread_is_not_mistaken_for_a_worker() -> None:
+    outcomes: List[Any] = []
+    reused = 0
+    for _ in range(5):
+        queue = TaskQueue(workers=2)
+        queue.submit(abs, -1).result(WAIT)
+        workers = {t.ident for t in threading.enumerate() if t.name.startswith("taskqueue-worker-")}
+        queue.shutdown()  # the workers have exited when this returns
+
+        def call_join() -> None:
+            reused_ident = threading.get_ident() in workers
+            try:
+                outcomes.append((reused_ident, queue.join(0)))
+            except RuntimeError as exc:
+                outcomes.append((reused_ident, exc))
+
+        caller = threading.Thread(target=call_join)
+        caller.start()
+        caller.join(WAIT)
+        reused += outcomes[-1][0]
+    if not reused:
+        pytest.skip("this platform did not reuse a thread ident")
+    assert [joined for _, joined in outcomes] == [True] * 5
