@@ -144,6 +144,105 @@ def test_a_replacement_worker_is_a_worker_from_its_first_task(quiet_logs: None) 
     assert seen == [("admitted", "refused")] * 5
 
 
+# -- done callbacks that raise BaseException -------------------------------------------
+
+
+def exit_if_cancelled(handle: Any) -> None:
+    """A done callback that ends its thread when its task was cancelled."""
+    if handle.cancelled():
+        raise SystemExit("a done callback called sys.exit()")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: TaskHandle._run_callbacks lets BaseException through; when a worker cancels a "
+    "retry that shutdown refused (pool._settle_failure), the cancel has already marked the "
+    "task done, and _worker_crashed marks it done again: join() returns while a task runs"))
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.timeout(30)
+def test_a_refused_retry_is_acknowledged_once_even_if_its_callback_raises(
+        quiet_logs: None) -> None:
+    # Given a task that will fail and ask for a retry, and another that keeps running
+    queue = TaskQueue(workers=2, retries=1, backoff=Backoff.constant(30))
+    fails, keeps = Gate(), Gate()
+    failing = queue.submit(lambda: fails.wait() and 1 / 0)
+    running = queue.submit(keeps.wait)
+    fails.wait_for_arrivals(1)
+    keeps.wait_for_arrivals(1)
+    failing.add_done_callback(exit_if_cancelled)
+    try:
+        # When shutdown cancels what has not started, and then the attempt fails,
+        # so that its retry is refused and the worker cancels it
+        queue.shutdown(cancel_futures=True, wait=False)
+        fails.open()
+        with pytest.raises(cf.CancelledError):
+            failing.result(WAIT)
+        # Then the other task is still unfinished, and join() still says so
+        assert running.running()
+        assert not queue.join(timeout=0.2)
+    finally:
+        keeps.open()
+        running.exception(WAIT)
+        queue.shutdown()
+    assert_settled(queue, [failing, running])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: pool._cancel_not_started stops at the first cancel() whose done callback raises "
+    "BaseException; the rest were already taken out of the sealed queue and are never "
+    "ended, so join() and the interpreter-exit drain wait for ever"))
+@pytest.mark.timeout(30)
+def test_shutdown_cancels_every_queued_task_even_if_a_callback_raises(gate: Gate) -> None:
+    # Given a busy worker and four queued tasks, the first with a callback that exits
+    queue = TaskQueue(workers=1)
+    running = queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queued = [queue.submit(abs, -i) for i in range(4)]
+    queued[0].add_done_callback(exit_if_cancelled)
+    try:
+        # When shutdown cancels what has not started
+        try:
+            queue.shutdown(cancel_futures=True, wait=False)
+        except SystemExit:
+            pass  # the callback's exception may reach the caller; the cancels must not stop
+        # Then every queued task is cancelled
+        assert [h.state for h in queued] == [TaskState.CANCELLED] * 4
+    finally:
+        for handle in queued:
+            handle.cancel()  # undo the damage, or the exit drain would wait for ever
+        gate.open()
+        running.result(WAIT)
+        queue.shutdown()
+    assert_settled(queue, [running] + queued)
+
+
+# -- user code that calls back into the queue ---------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a done callback that calls shutdown() while shutdown(cancel_futures=True) is "
+    "cancelling (pool._cancel_not_started) waits for the tasks its caller has yet to "
+    "cancel: both wait for ever"))
+@pytest.mark.timeout(30)
+def test_a_done_callback_may_call_shutdown_while_shutdown_cancels(gate: Gate) -> None:
+    queue = TaskQueue(workers=1)
+    running = queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queued = [queue.submit(abs, -i) for i in range(3)]
+    queued[0].add_done_callback(lambda handle: queue.shutdown())
+    stopper = threading.Thread(target=queue.shutdown, kwargs={"cancel_futures": True},
+                               daemon=True)
+    stopper.start()
+    gate.open()
+    stopper.join(HANG)
+    stuck = stopper.is_alive()
+    for handle in queued:
+        handle.cancel()  # unblocks a stuck shutdown
+    stopper.join(WAIT)
+    assert not stuck, "shutdown(cancel_futures=True) hung in its own done callback"
+    assert running.result(WAIT) == "through"
+    assert_settled(queue, [running] + queued)
+
+
 # -- thread identity after the workers are gone ------------------------------------
 
 
@@ -175,3 +274,25 @@ def test_join_after_shutdown_from_a_new_thread_is_not_mistaken_for_a_worker() ->
     if not reused:
         pytest.skip("this platform did not reuse a thread ident")
     assert [joined for _, joined in outcomes] == [True] * 5
+
+
+# -- shutdown modes -------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: shutdown(wait=False, timeout=t) (and any shutdown called from a worker) ignores "
+    "timeout: pool._wind_down_in_background drains without a deadline and never cancels"))
+@pytest.mark.timeout(30)
+def test_shutdown_without_wait_still_honours_its_timeout(gate: Gate) -> None:
+    queue = TaskQueue(workers=1)
+    running = queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queued = [queue.submit(abs, -i) for i in range(3)]
+    # When shutdown returns at once but is told to drain for at most 0 seconds
+    queue.shutdown(wait=False, timeout=0)
+    # Then what had not started by then is cancelled, not run
+    gate.open()
+    settle([running] + queued)
+    assert [h.state for h in queued] == [TaskState.CANCELLED] * 3
+    queue.shutdown()
+    assert_settled(queue, [running] + queued)
