@@ -37,7 +37,8 @@ JSON schema (``--json FILE``, ``meta.schema`` = 1)::
         "command": "python -m benchmarks --json out.json",
         "rounds": 5,                 # rounds kept per figure
         "warmup": 1,                 # rounds run first and thrown away
-        "peers": {"huey": "2.5.0" | null, "dramatiq": "1.17.0" | null}
+        "peers": {"huey": "2.5.0" | null, "dramatiq": "1.17.0" | null},
+        "load_average": {"start": [1.2, 0.8, 0.5] | null, "end": [...] | null}   # 1, 5, 15 min
       },
       "results": [                   # one per table row
         {

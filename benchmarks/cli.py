@@ -171,6 +171,7 @@ def _run(options: argparse.Namespace, args: List[str]) -> int:
         sys.stderr.write("python -m benchmarks: interrupted\n")
         return EXIT_INTERRUPTED
     progress.done()
+    meta["load_average"]["end"] = report.load_average()
     sys.stdout.write(report.render_table(results, meta))
     _write_outputs(options, results, meta)
     return EXIT_FAILED if failed else EXIT_OK

@@ -47,7 +47,17 @@ def machine(*, mode: str, command: str, rounds: int, warmup: int) -> Dict[str, A
         "rounds": rounds,
         "warmup": warmup,
         "peers": {peer.distribution: version_of(peer.distribution) for peer in PEERS},
+        # How busy the shared machine was; the CLI fills in "end" when the run ends.
+        "load_average": {"start": load_average(), "end": None},
     }
+
+
+def load_average() -> Optional[List[float]]:
+    """Return the 1, 5 and 15 minute load averages, or None where there are none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 # -- numbers -----------------------------------------------------------------------
@@ -132,12 +142,19 @@ def _header(meta: Mapping[str, Any]) -> List[str]:
     return [
         f"taskqueue {meta['taskqueue']} benchmarks, {meta['mode']} run, {meta['date']}",
         f"{meta['implementation']} {meta['python']} on {meta['platform']}, "
-        f"{meta['cpu_count']} CPUs",
+        f"{meta['cpu_count']} CPUs{_load(meta)}",
         f"{meta['rounds']} rounds per figure, interleaved with the baselines"
         f"{', after %d warm-up round(s)' % meta['warmup'] if meta['warmup'] else ''}; "
         "figures are medians, ratio = taskqueue / baseline (median of per-round ratios, "
         "with min-max)",
     ]
+
+
+def _load(meta: Mapping[str, Any]) -> str:
+    load = meta.get("load_average") or {}
+    if not load.get("start") or not load.get("end"):
+        return ""
+    return f", load average {load['start'][0]:.2f} at start, {load['end'][0]:.2f} at end"
 
 
 def render_table(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
@@ -164,7 +181,8 @@ def render_markdown(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
         "## Performance",
         "",
         f"One `{meta['mode']}` run of `{meta['command']}` on {meta['implementation']} "
-        f"{meta['python']}, {meta['platform']}, {meta['cpu_count']} CPUs ({meta['date']}). "
+        f"{meta['python']}, {meta['platform']}, {meta['cpu_count']} CPUs{_load(meta)} "
+        f"({meta['date']}). "
         f"Every figure is the median of {meta['rounds']} rounds run interleaved with its "
         "baseline in the same process; the ratio is taskqueue / baseline, the median of "
         "the per-round ratios, with their min-max.",

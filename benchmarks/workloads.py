@@ -199,22 +199,31 @@ def pending_memory(make: ExecutorFactory, workers: int, tasks: int) -> Dict[str,
     return {"bytes_per_task": (after - before) / tasks}
 
 
-def streamed(make: ExecutorFactory, workers: int, tasks: int, window: int) -> Dict[str, float]:
-    """Stream ``tasks`` through the pool, awaiting each result ``window`` tasks later.
+def streamed(make: ExecutorFactory, workers: int, tasks: int, window: int, loops: int = 1
+             ) -> Dict[str, float]:
+    """Stream ``tasks`` through a fresh pool, ``loops`` times; return microseconds per task.
 
-    The producer never holds more than ``window`` handles, so memory stays
-    flat whatever ``tasks`` is; what grows with it is only the work. Returns
-    the microseconds per task.
+    The producer awaits each result ``window`` tasks after submitting it, so
+    it never holds more than ``window`` handles and memory stays flat
+    whatever ``tasks`` is. A small ``tasks`` is run ``loops`` times, each in
+    a pool of its own, so that its figure spans as much time as a large
+    one's (as pyperf calibrates loops) instead of a few noisy milliseconds.
     """
-    with running(make, workers) as executor:
-        submit = executor.submit
-        pending: Deque[object] = deque()
-        start = perf_counter()
-        for _ in range(tasks):
-            pending.append(submit(noop))
-            if len(pending) > window:
-                pending.popleft().result()  # type: ignore[attr-defined]
-        while pending:
+    elapsed = 0.0
+    for _ in range(loops):
+        with running(make, workers) as executor:
+            elapsed += _stream_once(executor, tasks, window)
+    return {"us_per_task": elapsed / (tasks * loops) * 1e6}
+
+
+def _stream_once(executor: Executor, tasks: int, window: int) -> float:
+    submit = executor.submit
+    pending: Deque[object] = deque()
+    start = perf_counter()
+    for _ in range(tasks):
+        pending.append(submit(noop))
+        if len(pending) > window:
             pending.popleft().result()  # type: ignore[attr-defined]
-        elapsed = perf_counter() - start
-    return {"us_per_task": elapsed / tasks * 1e6}
+    while pending:
+        pending.popleft().result()  # type: ignore[attr-defined]
+    return perf_counter() - start

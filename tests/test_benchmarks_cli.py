@@ -114,6 +114,7 @@ def test_a_run_prints_the_table_and_writes_json(capsys, fake, tmp_path):
     data = json.loads(path.read_text())
     assert data["meta"]["mode"] == "quick"
     assert data["meta"]["rounds"] == 3
+    assert set(data["meta"]["load_average"]) == {"start", "end"}
     assert data["meta"]["command"] == f"python -m benchmarks --only fake --quick --rounds 3 --json {path}"
     (row,) = data["results"]
     assert row["scenario"] == "fake"

@@ -147,7 +147,7 @@ RESULT_KEYS = {
     "ratio", "ratio_min", "ratio_max", "target", "met", "rounds", "sizes", "note", "values",
 }
 META_KEYS = {"schema", "taskqueue", "cpu_count", "python", "implementation", "platform",
-             "machine", "date", "mode", "command", "rounds", "warmup", "peers"}
+             "machine", "date", "mode", "command", "rounds", "warmup", "peers", "load_average"}
 
 
 def test_json_schema():
@@ -167,6 +167,11 @@ def test_json_schema():
                                   "ratios": [3.0, 2.0]}
     assert missing["baseline"] is None and missing["ratio"] is None and missing["met"] is None
     assert missing["note"].startswith("Huey")
+
+
+def test_table_header_shows_the_load_of_the_shared_machine():
+    meta = dict(META, load_average={"start": [1.5, 1.0, 0.5], "end": [2.25, 1.0, 0.5]})
+    assert "load average 1.50 at start, 2.25 at end" in report.render_table([], meta)
 
 
 def test_json_meta_date_is_utc_iso8601():

@@ -64,6 +64,7 @@ def test_drivers_return_positive_figures(name):
     assert all(value > 0 for value in figures.values())
     assert pending_memory(make, 3, 200)["bytes_per_task"] > 0
     assert streamed(make, 3, 50, 8)["us_per_task"] > 0
+    assert streamed(make, 3, 20, 8, loops=3)["us_per_task"] > 0
 
 
 def test_bare_loop_runs_every_call_and_stops():
