@@ -13,19 +13,16 @@ shutdown drain wait on that count.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
 import os
 import threading
 import time
 import traceback
-import weakref
 from concurrent.futures import Executor
 from time import monotonic
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from . import validate
+from . import process, validate
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import QueueClosed, QueueFull, TimeLimitExceeded
 from .events import EventKind, Listener, Listeners
@@ -37,6 +34,7 @@ from .scheduler import Scheduler
 from .stats import Stats, WorkerTally, snapshot
 from .task import Task, TaskHandle, callable_name
 from .timelimit import Watchdog
+from .unique import UniqueKeys
 from .worker import STOP, Worker
 from .workqueue import WorkQueue
 
@@ -131,15 +129,14 @@ class TaskQueue(Executor):
         self._pool: List[Worker] = []
         self._worker_ids: frozenset[int] = frozenset()
         self._stopping = False
-        self._keys: Dict[str, TaskHandle] = {}  # unique tasks not yet terminal, by key
-        self._keys_lock = threading.Lock()
+        self._keys = UniqueKeys()
         self._periodics: List[Periodic] = []
         self._registry = Registry(self.submit, asubmit=self.asubmit)
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
         # Known from birth, not from start(): a fork in the middle of start()
         # must still mark this queue as the parent's in the child.
-        _register(self)
+        process.register(self)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -260,23 +257,11 @@ class TaskQueue(Executor):
             QueueFull: still no room after ``submit_timeout``.
             QueueClosed: the queue was shut down.
         """
-        import asyncio  # only for asyncio callers: slow to import
+        from .aio import submit_when_room  # asyncio is slow to import: only for its users
 
-        loop = asyncio.get_running_loop()
-        deadline = None if self._submit_timeout is None else loop.time() + self._submit_timeout
-        while True:
-            try:
-                return self.submit_nowait(fn, *args, **kwargs)
-            except QueueFull:
-                if deadline is not None and loop.time() >= deadline:
-                    raise
-            room = loop.create_future()
-            self._work.when_room(functools.partial(_wake_loop, loop, room))
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                await asyncio.wait_for(room, remaining)
-            except asyncio.TimeoutError:
-                pass  # one last try above, which raises QueueFull if still full
+        return await submit_when_room(  # type: ignore[no-any-return]
+            lambda: self.submit_nowait(fn, *args, **kwargs),
+            self._work.when_room, QueueFull, self._submit_timeout)
 
     def task(self, fn: Optional[Callable[..., Any]] = None, /, *, name: Optional[str] = None,
              **options: Any) -> Any:
@@ -421,25 +406,16 @@ class TaskQueue(Executor):
             handle.cancel()  # shutdown is cancelling what has not started
 
     def _admit_unique(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> TaskHandle:
-        key = handle._key
-        with self._keys_lock:
-            existing = self._keys.get(key)  # type: ignore[arg-type]
-            if existing is not None and not existing.done():
-                return existing
-            self._keys[key] = handle  # type: ignore[index]
+        holder = self._keys.claim(handle)
+        if holder is not None:
+            return holder
         try:
             self._enter(handle, block, timeout)
         except BaseException:
-            self._release_key(handle)
+            self._keys.release(handle)
             handle._abandon()  # never accepted: whoever found it by key sees it cancelled
             raise
         return handle
-
-    def _release_key(self, handle: TaskHandle) -> None:
-        key = handle._key
-        with self._keys_lock:
-            if self._keys.get(key) is handle:  # type: ignore[arg-type]
-                del self._keys[key]  # type: ignore[arg-type]
 
     def _prepare(self) -> None:
         # The slow path of submit: first use starts the pool; a closed or
@@ -542,7 +518,7 @@ class TaskQueue(Executor):
         tally.running = 0
         tally.succeeded += 1
         if handle._key is not None:
-            self._release_key(handle)
+            self._keys.release(handle)
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
@@ -577,7 +553,7 @@ class TaskQueue(Executor):
         self._dead.add(self._dead_letter(handle, exc))
         tally.failed += 1
         if handle._key is not None:
-            self._release_key(handle)
+            self._keys.release(handle)
         handle._fail(exc)
         log.error("task %s (%s) failed after %d attempt(s)", handle._name, handle.id,
                   handle._attempts, exc_info=exc)
@@ -607,17 +583,10 @@ class TaskQueue(Executor):
         log.error("task %s (%s) ran past its time limit and thread %s did not stop; "
                   "the thread is abandoned and a new worker started",
                   handle and handle._name, handle and handle.id, worker.thread.name)
-        with self._lock:
-            self._pool.remove(worker)
-            self._worker_ids = self._worker_ids - {worker.thread.ident}
         if handle is not None:
             worker.current = None
             self._settle_failure(handle, exc, worker.tally)
-        with self._lock:
-            try:
-                self._start_worker(worker.index, worker.tally)
-            except RuntimeError:  # at interpreter exit no thread can start
-                log.error("could not replace worker %s", worker.thread.name)
+        self._replace_worker(worker)
 
     def _worker_crashed(self, worker: Worker, exc: BaseException) -> None:
         # Runs on the dying thread. The in-flight task goes back on the queue
@@ -635,6 +604,11 @@ class TaskQueue(Executor):
                 worker.tally.retried += 1
                 handle._back_to_pending(scheduled=False)
                 self._reenter(handle)
+        self._replace_worker(worker)
+
+    def _replace_worker(self, worker: Worker) -> None:
+        # A new thread takes the old one's index and tally (which the old
+        # thread no longer writes), so the pool keeps its size and its counts.
         with self._lock:
             self._pool.remove(worker)
             self._worker_ids = self._worker_ids - {worker.thread.ident}
@@ -685,7 +659,7 @@ class TaskQueue(Executor):
         with self._lock:
             self._cancelled += 1
         if handle._key is not None:
-            self._release_key(handle)
+            self._keys.release(handle)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.CANCELLED, handle)
         self._work.task_done()
@@ -744,67 +718,13 @@ class TaskQueue(Executor):
                 f"{self.name} was created in process {self._pid} and cannot be used "
                 "in a forked child; create a new TaskQueue in the child")
 
-    def _after_fork_in_child(self) -> None:
+    @property
+    def owner_pid(self) -> int:
+        """The id of the process that made this queue (and runs its threads)."""
+        return self._pid
+
+    def disown_after_fork(self) -> None:
+        """In a forked child: refuse all use from now on, without touching any lock."""
         self._forked = True
         self._ready = False
         self._lock = threading.Lock()
-
-
-def _wake_loop(loop: Any, room: Any) -> None:
-    # Called with the work queue's mutex held, from whichever thread made room.
-    try:
-        loop.call_soon_threadsafe(_set_pending, room)
-    except RuntimeError:  # that loop has closed: nobody waits any more
-        pass
-
-
-def _set_pending(future: Any) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-# -- every live queue, for interpreter exit and fork ---------------------------
-
-_live: weakref.WeakSet[TaskQueue] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
-def _register(queue: TaskQueue) -> None:
-    with _live_lock:
-        _live.add(queue)
-
-
-def _drain_at_exit() -> None:
-    # A script that submits work and forgets shutdown() still gets its work
-    # done, as with ThreadPoolExecutor. atexit callbacks run while daemon
-    # threads are still alive, after non-daemon threads were joined.
-    with _live_lock:
-        queues = list(_live)
-    for queue in queues:
-        if queue._pid == os.getpid():
-            queue.shutdown(wait=True)
-
-
-def _before_fork() -> None:
-    _live_lock.acquire()  # no queue registers half-way through a fork
-
-
-def _after_fork_in_parent() -> None:
-    _live_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _live_lock
-    _live_lock = threading.Lock()  # the copied one is held by the forking thread
-    for queue in list(_live):
-        queue._after_fork_in_child()
-    _live.clear()
-
-
-atexit.register(_drain_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )

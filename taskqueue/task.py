@@ -524,7 +524,9 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         Cancelling the coroutine stops the waiting only: the task itself goes
         on (cancel it with :meth:`cancel` if that is what you want).
         """
-        yield from _asyncio_waiter(self).__await__()
+        from .aio import done_waiter  # asyncio is slow to import: only for its users
+
+        yield from done_waiter(self).__await__()
         return self.result()
 
     def _drop_work(self) -> None:
@@ -559,27 +561,3 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             except Exception:  # a caller's callback must not break the worker
                 log.exception("done callback %r of %r raised", callback, self)
 
-
-def _asyncio_waiter(handle: TaskHandle) -> Any:
-    # An asyncio future on the running loop that completes (with None) when
-    # the handle ends. Not asyncio.wrap_future: that one cancels the source
-    # when the awaiting coroutine is cancelled, and a caller going away must
-    # not cancel background work.
-    import asyncio  # only for callers that await: asyncio is slow to import
-
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: Future) -> None:  # type: ignore[type-arg]
-        try:
-            loop.call_soon_threadsafe(_set_done, waiter)
-        except RuntimeError:  # the loop closed while we waited: nobody is listening
-            pass
-
-    handle.add_done_callback(wake)
-    return waiter
-
-
-def _set_done(waiter: Any) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
