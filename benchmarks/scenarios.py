@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from taskqueue import Backoff, TaskQueue
 
@@ -38,7 +38,6 @@ __all__: List[str] = []  # everything here is reached through the registry
 THROUGHPUT = Metric("throughput", "throughput", "tasks/s", higher_is_better=True)
 SUBMIT_COST = Metric("submit_us", "submit() cost", "us/call", higher_is_better=False)
 MEMORY = Metric("bytes_per_task", "memory per pending task", "bytes", higher_is_better=False)
-COST = Metric("us_per_task", "cost per task", "us/task", higher_is_better=False)
 
 TASKQUEUE = "taskqueue"
 
@@ -89,31 +88,35 @@ def producer_cost(ctx: Context) -> List[Result]:
           quick={"tasks": 400, "workers": [1, 2, 4, 8, 16, 32, 64]},
           smoke={"tasks": 40, "workers": [1, 4, 64]})
 def io_scaling(ctx: Context) -> List[Result]:
-    tasks = ctx.sizes["tasks"]
     slept = _measured_sleep()
     note = (f"ideal = workers / 1 ms; time.sleep(0.001) itself takes {slept * 1e3:.3f} ms "
             f"here (median of 200), so no pool can pass {0.001 / slept:.2f}x of ideal")
-    rows = []
+    rows: List[Result] = []
     for workers in ctx.sizes["workers"]:
-        ideal = f"ideal ({workers} / 1 ms)"
-        bare = f"bare loop, {workers} threads"
-        samples = ctx.measure({
-            ideal: lambda: ideal_throughput(workers, 0.001),
-            _tpe(workers): lambda: throughput(thread_pool(workers), workers, [sleep_1ms] * tasks),
-            bare: lambda: bare_loop_throughput(workers, tasks, sleep_1ms),
-            TASKQUEUE: lambda: throughput(_queue(workers), workers, [sleep_1ms] * tasks),
-        }, label=f"workers={workers}", warmup=0)
-        metric = Metric("throughput", f"throughput, {workers} worker{'s' if workers > 1 else ''}",
-                        "tasks/s", True)
-        rows.append(ctx.compare(samples, metric, ideal, workers=workers,
-                                target=Target.at_least(0.9) if workers <= 32 else None,
-                                note=note if not rows else None,
-                                sleep_measured_ms=round(slept * 1e3, 4)))
-        rows.append(ctx.compare(samples, metric, _tpe(workers), workers=workers,
-                                target=Target.at_least(1.0)))
-        # No target: the bare loop shows what any pool can reach on this machine.
-        rows.append(ctx.compare(samples, metric, bare, workers=workers))
+        rows += _io_rows(ctx, workers, ctx.sizes["tasks"], slept, note if not rows else None)
     return rows
+
+
+def _io_rows(ctx: Context, workers: int, tasks: int, slept: float,
+             note: Optional[str]) -> List[Result]:
+    ideal = f"ideal ({workers} / 1 ms)"
+    bare = f"bare loop, {workers} threads"
+    samples = ctx.measure({
+        ideal: lambda: ideal_throughput(workers, 0.001),
+        _tpe(workers): lambda: throughput(thread_pool(workers), workers, [sleep_1ms] * tasks),
+        bare: lambda: bare_loop_throughput(workers, tasks, sleep_1ms),
+        TASKQUEUE: lambda: throughput(_queue(workers), workers, [sleep_1ms] * tasks),
+    }, label=f"workers={workers}", warmup=0)
+    metric = Metric("throughput", f"throughput, {workers} worker{'s' if workers > 1 else ''}",
+                    "tasks/s", True)
+    return [
+        ctx.compare(samples, metric, ideal, workers=workers, note=note,
+                    target=Target.at_least(0.9) if workers <= 32 else None,
+                    sleep_measured_ms=round(slept * 1e3, 4)),
+        ctx.compare(samples, metric, _tpe(workers), workers=workers, target=Target.at_least(1.0)),
+        # No target: the bare loop shows what any pool can reach on this machine.
+        ctx.compare(samples, metric, bare, workers=workers),
+    ]
 
 
 def _measured_sleep() -> float:
