@@ -8,7 +8,8 @@ absence into one clear message before anything is measured.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Sequence
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .harness import Result
 
@@ -68,7 +69,7 @@ def _scaling(axes: Any, rows: Sequence[Result]) -> None:
     # baselines differ: ideal, ThreadPoolExecutor, the bare loop.
     lines: Dict[str, Dict[int, Result]] = {}
     for row in rows:
-        kind = row.baseline_name.split(" (")[0].split(",")[0]
+        kind = re.split(r"[(,]", row.baseline_name)[0].strip()  # "ThreadPoolExecutor(8)" -> ...
         lines.setdefault(kind, {})[row.sizes["workers"]] = row
     for kind, by_workers in lines.items():
         xs = sorted(by_workers)
@@ -86,11 +87,15 @@ def _scaling(axes: Any, rows: Sequence[Result]) -> None:
 
 
 def _with_spread(axes: Any, xs: Sequence[Any], rows: Sequence[Result], label: str) -> None:
-    ys = [r.taskqueue for r in rows]
-    low = [r.taskqueue - (r.taskqueue_min if r.taskqueue_min is not None else r.taskqueue)
-           for r in rows]
-    high = [(r.taskqueue_max if r.taskqueue_max is not None else r.taskqueue) - r.taskqueue
-            for r in rows]
+    _spread_line(axes, xs, [(r.taskqueue, r.taskqueue_min, r.taskqueue_max) for r in rows], label)
+
+
+def _spread_line(axes: Any, xs: Sequence[Any],
+                 points: Sequence[Tuple[Any, Optional[float], Optional[float]]], label: str) -> None:
+    # A median with its min and max over the rounds as error bars.
+    ys = [median for median, _, _ in points]
+    low = [median - (lo if lo is not None else median) for median, lo, _ in points]
+    high = [(hi if hi is not None else median) - median for median, _, hi in points]
     axes.errorbar(xs, ys, yerr=[low, high], marker="s", capsize=3, label=label)
 
 
@@ -110,13 +115,15 @@ def _latency(axes: Any, rows: Sequence[Result]) -> None:
 
 
 def _growth(axes: Any, rows: Sequence[Result]) -> None:
-    reference = rows[0]
-    points = sorted(rows, key=lambda r: r.sizes["tasks_measured"])
-    xs = [r.sizes["tasks_measured"] for r in points]
-    _with_spread(axes, xs, points, "taskqueue")
-    axes.axhline(reference.baseline or 0, linestyle="--", color="grey",
-                 label=reference.baseline_name)
+    # The reference size is every row's baseline; the others are the rows' own.
+    first = rows[0]
+    points = {first.sizes["reference"]: (first.baseline, first.baseline_min, first.baseline_max)}
+    for row in rows:
+        points[row.sizes["tasks_measured"]] = (row.taskqueue, row.taskqueue_min, row.taskqueue_max)
+    xs = sorted(points)
+    _spread_line(axes, xs, [points[x] for x in xs], "taskqueue")
     axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
     axes.set_xlabel("tasks streamed")
     axes.set_ylabel("microseconds per task (lower is better)")
-    axes.set_title("Cost per task as the work grows")
+    axes.set_title("Cost per task as the work grows (flat is right)")
