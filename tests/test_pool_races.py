@@ -31,6 +31,7 @@ from taskqueue import (
     QueueFull,
     Retry,
     TaskHandle,
+    Task,
     TaskQueue,
     TaskState,
 )
@@ -421,3 +422,298 @@ def test_remove_listener_in_a_forked_child_raises_queue_closed() -> None:
         sys.exit(os.waitstatus_to_exitcode(status))
     """)
     assert result.returncode == 0, (result.returncode, result.stderr)
+
+
+# -- regression: exactly one end per task, whatever races it -----------------------------
+
+
+class Ledger:
+    """Counts, per handle, the terminal events and done callbacks it got."""
+
+    TERMINAL = (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ends: dict = {}
+        self.callbacks: dict = {}
+        self.retrying: List[TaskHandle] = []
+
+    def listen(self, event: Any) -> None:
+        with self._lock:
+            if event.kind in self.TERMINAL:
+                self.ends[event.handle] = self.ends.get(event.handle, 0) + 1
+            elif event.kind is EventKind.RETRYING:
+                self.retrying.append(event.handle)
+
+    def called_back(self, handle: Any) -> None:
+        with self._lock:
+            self.callbacks[handle] = self.callbacks.get(handle, 0) + 1
+
+    def assert_once_each(self, handles: List[TaskHandle]) -> None:
+        with self._lock:
+            assert all(self.ends.get(h) == 1 for h in handles), \
+                [(h, self.ends.get(h)) for h in handles if self.ends.get(h) != 1][:5]
+            assert all(self.callbacks.get(h) == 1 for h in handles), \
+                [(h, self.callbacks.get(h)) for h in handles if self.callbacks.get(h) != 1][:5]
+
+
+def shut(queue: TaskQueue, mode: str) -> None:
+    """Shut ``queue`` down in one of the ways a caller can."""
+    if mode == "cancel":
+        queue.shutdown(cancel_futures=True)
+    elif mode == "timeout":
+        queue.shutdown(timeout=0)
+    elif mode == "nowait":
+        queue.shutdown(wait=False, cancel_futures=True)
+    elif mode == "drain":
+        queue.shutdown()
+    elif mode == "stampede":  # every mode at once, from four threads
+        start = threading.Barrier(4)
+        kinds = [{"cancel_futures": True}, {"timeout": 0}, {"wait": False}, {}]
+
+        def call(kwargs: dict) -> None:
+            start.wait(WAIT)
+            queue.shutdown(**kwargs)
+
+        threads = [threading.Thread(target=call, args=(k,)) for k in kinds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads)
+    else:
+        raise AssertionError(mode)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["cancel", "timeout", "nowait", "drain", "stampede"])
+def test_shutdown_racing_retries_producers_and_cancels_ends_each_task_once(
+        mode: str, shaken: None, quiet_logs: None) -> None:
+    # Retries re-enter the queue at once or from the scheduler a moment later,
+    # producers block on a small queue, a canceller cancels tasks that are queued
+    # or waiting for their retry, and shutdown seals all of it mid-flight.
+    for round_ in range(10):
+        queue = TaskQueue(workers=3, maxsize=4, retries=3, backoff=Backoff.constant(0.0003))
+        ledger = Ledger()
+        queue.add_listener(ledger.listen)
+        handles: List[TaskHandle] = []
+        lock = threading.Lock()
+        enough = threading.Event()
+
+        def body(n: int) -> int:
+            if n % 4 == 1:
+                raise Retry(delay=0)        # straight back into the queue
+            if n % 4 == 2:
+                raise ConnectionError(n)     # through the scheduler
+            if n % 4 == 3:
+                raise ValueError(n)          # not retryable: a dead letter
+            return n
+
+        def produce(first: int) -> None:
+            for n in range(first, first + 400, 1):
+                try:
+                    handle = queue.submit(body, n)
+                except QueueClosed:
+                    return
+                handle.add_done_callback(ledger.called_back)
+                with lock:
+                    handles.append(handle)
+                    if len(handles) >= 60:
+                        enough.set()
+
+        def cancel_some() -> None:
+            while not enough.is_set() or not queue.join(0):
+                with lock:
+                    picked = handles[-3:] + ledger.retrying[-2:]
+                for handle in picked:
+                    handle.cancel()
+                if queue.join(0) and enough.is_set():
+                    return
+
+        producers = [threading.Thread(target=produce, args=(i * 1000,)) for i in range(2)]
+        canceller = threading.Thread(target=cancel_some, daemon=True)
+        for t in producers + [canceller]:
+            t.start()
+        assert enough.wait(WAIT)
+        shut(queue, mode)
+        for t in producers:
+            t.join(WAIT)
+        settle(handles)
+        queue.shutdown()
+        canceller.join(WAIT)
+        assert not canceller.is_alive()
+        assert_settled(queue, handles)
+        ledger.assert_once_each(handles)
+        assert len(queue.dead_letters()) == queue.stats().failed, f"round {round_}"
+
+
+@pytest.mark.timeout(60)
+def test_waiters_see_each_handle_end_once_while_it_retries_and_is_cancelled(
+        shaken: None, quiet_logs: None) -> None:
+    # cf.wait, as_completed and result(timeout) wait on handles that go back
+    # from RUNNING to PENDING between attempts and may be cancelled there.
+    for _ in range(5):
+        queue = TaskQueue(workers=3, retries=2, backoff=Backoff.constant(0.0002))
+        ledger = Ledger()
+        queue.add_listener(ledger.listen)
+        tries: dict = {}
+        tries_lock = threading.Lock()
+
+        def body(n: int) -> int:
+            with tries_lock:
+                tries[n] = tries.get(n, 0) + 1
+                attempt = tries[n]
+            if n % 5 == 0:
+                raise KeyError(n)  # fails for good: not retryable
+            if attempt < 3:
+                raise ConnectionError(n)
+            return n
+
+        handles = [queue.submit(body, n) for n in range(120)]
+        stop = threading.Event()
+
+        def cancel_retrying() -> None:
+            while not stop.is_set():
+                for handle in list(ledger.retrying[-3:]):
+                    handle.cancel()
+
+        results: List[Any] = []
+
+        def wait_for_one(handle: TaskHandle) -> None:
+            try:
+                results.append(handle.result(WAIT))
+            except BaseException as exc:  # CancelledError, KeyError
+                results.append(type(exc))
+
+        canceller = threading.Thread(target=cancel_retrying)
+        canceller.start()
+        waiters = [threading.Thread(target=wait_for_one, args=(h,)) for h in handles[::10]]
+        for t in waiters:
+            t.start()
+        first_error = cf.wait(handles, timeout=WAIT, return_when=cf.FIRST_EXCEPTION)
+        assert first_error.done, "FIRST_EXCEPTION returned with nothing done"
+        seen = list(cf.as_completed(handles, timeout=WAIT))
+        stop.set()
+        canceller.join(WAIT)
+        for t in waiters:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in waiters + [canceller])
+        assert len(seen) == len(set(seen)) == len(handles)
+        assert len(results) == len(waiters)
+        done, not_done = cf.wait(handles, timeout=0)
+        assert not not_done
+        queue.shutdown()
+        assert_settled(queue, handles)
+        for handle in handles:
+            handle.add_done_callback(ledger.called_back)  # runs at once, once
+        ledger.assert_once_each(handles)
+
+
+# -- regression: user code may call back into the queue and the handle ---------------------
+
+
+@pytest.mark.timeout(60)
+def test_callbacks_and_listeners_may_call_back_into_the_queue(quiet_logs: None) -> None:
+    # Given a one-slot queue whose callbacks and listeners all call back into it
+    queue = TaskQueue(workers=2, maxsize=1, retries=1, backoff=Backoff.none())
+    follow_ups: List[TaskHandle] = []
+    problems: List[str] = []
+    cancels: dict = {}
+    lock = threading.Lock()
+    once = threading.Event()
+
+    def on_done(handle: Any) -> None:
+        # Runs in the worker that ended the task (or the canceller): none may hang.
+        try:
+            if not handle.cancelled():
+                handle.exception(0)
+            queue.stats()
+            nested: List[Any] = []
+            handle.add_done_callback(nested.append)  # ended already: runs at once
+            if nested != [handle]:
+                problems.append("a nested callback did not run at once")
+            if not handle.cancelled() and handle.result() == 0:
+                follow_up = queue.submit(abs, -7)  # from a worker: past the full queue
+                with lock:
+                    follow_ups.append(follow_up)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            problems.append(repr(exc))
+
+    def listener(event: Any) -> None:
+        try:
+            if event.kind is EventKind.SUBMITTED and event.handle.name == "cancel-me":
+                with lock:
+                    cancels[event.handle] = event.handle.cancel()
+            if event.kind is EventKind.STARTED and event.handle.cancel():
+                problems.append("a running task was cancelled")
+            if event.kind in (EventKind.SUCCEEDED, EventKind.RETRYING, EventKind.CANCELLED):
+                queue.stats()
+        except Exception as exc:  # noqa: BLE001 - a listener's errors are only logged
+            problems.append(repr(exc))
+
+    queue.add_listener(listener)
+
+    def body(n: int) -> int:
+        if n == 3 and not once.is_set():
+            once.set()
+            raise ConnectionError("once")
+        return n
+
+    handles = []
+    for n in range(30):
+        handle = queue.submit(Task(body, (n,), name="cancel-me" if n % 7 == 6 else None))
+        handle.add_done_callback(on_done)
+        handles.append(handle)
+    # When a task shuts the queue down from a worker
+    closer = queue.submit(queue.shutdown)
+    assert closer.result(WAIT) is None
+    settle(handles)
+    queue.shutdown()
+    with lock:
+        every = handles + [closer] + follow_ups
+    settle(every)
+    # Then nothing hung or failed, and the counters agree with the handles
+    assert not problems, problems
+    assert len(follow_ups) == 1
+    assert len(cancels) == 4
+    assert all(h.cancelled() == cancelled for h, cancelled in cancels.items())
+    assert_settled(queue, every)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_with_cancel_from_a_retrying_listener_ends_the_retry_and_the_queue(
+        quiet_logs: None) -> None:
+    # Given two busy workers, tasks queued behind them, and a listener that shuts
+    # the queue down (cancelling) from the worker where the first retry is decided
+    queue = TaskQueue(workers=2, retries=5, backoff=Backoff.constant(30), name="selfstop")
+    shut_down = threading.Event()
+
+    def stop_on_first_retry(event: Any) -> None:
+        if event.kind is EventKind.RETRYING and not shut_down.is_set():
+            shut_down.set()
+            queue.shutdown(cancel_futures=True)  # from a worker: does not wait
+
+    queue.add_listener(stop_on_first_retry)
+    blocks, fails = Gate(), Gate()
+    blocker = queue.submit(blocks.wait)
+    failing = queue.submit(lambda: fails.wait() and 1 / 0)
+    blocks.wait_for_arrivals(1)
+    fails.wait_for_arrivals(1)
+    queued = [queue.submit(abs, -i) for i in range(5)]
+    try:
+        # When the failing attempt ends and its retry is decided
+        fails.open()
+        # Then the retry is refused and cancelled, and so is everything queued
+        with pytest.raises(cf.CancelledError):
+            failing.result(WAIT)
+        assert all(h.cancelled() for h in queued)
+        assert not blocker.done()
+    finally:
+        blocks.open()
+    assert blocker.result(WAIT) == "through"
+    queue.shutdown()
+    assert_settled(queue, [blocker, failing] + queued)
+    for thread in threading.enumerate():
+        if thread.name.startswith("selfstop-"):
+            thread.join(WAIT)
+            assert not thread.is_alive(), thread.name
