@@ -134,7 +134,7 @@ def _summary(results: Sequence[Result]) -> List[str]:
     lines = [f"targets met: {len(met)} of {len(judged)}"
              + (f" ({len(unknown)} not measured)" if unknown else "")]
     lines += [f"  missed: {r.scenario}, {r.metric} vs {r.baseline_name}: "
-              f"{format_ratio(r.ratio)}, target {r.target}" for r in missed]
+              f"{_shown_ratio(r)}, target {r.target}" for r in missed]
     return lines
 
 
