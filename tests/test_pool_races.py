@@ -717,3 +717,65 @@ def test_shutdown_with_cancel_from_a_retrying_listener_ends_the_retry_and_the_qu
         if thread.name.startswith("selfstop-"):
             thread.join(WAIT)
             assert not thread.is_alive(), thread.name
+
+
+# -- regression: a worker that dies while the pool winds down ------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode, kwargs", [
+    ("drain", {}), ("cancel", {"cancel_futures": True}), ("timeout", {"timeout": 0}),
+    ("nowait", {"wait": False})])
+def test_a_worker_dying_during_shutdown_loses_nothing_and_every_thread_ends(
+        mode: str, kwargs: dict, quiet_logs: None) -> None:
+    # Given one worker busy with a task whose acknowledgement will fail, and more queued
+    queue = FirstAckCrashes(workers=1, retries=1, name=f"dying-{mode}")
+    gate = Gate()
+    running = queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queued = [queue.submit(abs, -i) for i in range(3)]
+    # When shutdown starts in some mode, and then the worker dies acknowledging
+    stopper = threading.Thread(target=queue.shutdown, kwargs=kwargs)
+    stopper.start()
+    if mode in ("cancel", "timeout"):
+        settle(queued)  # cancelled before the worker dies
+    gate.open()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    settle([running] + queued)
+    queue.shutdown()
+    # Then the task ran again (drain) or was cancelled (sealed), once, and all threads end
+    if mode in ("drain", "nowait"):
+        assert running.result(0) == "through" and running.attempts == 2
+    assert_settled(queue, [running] + queued)
+    for thread in threading.enumerate():
+        if thread.name.startswith(f"dying-{mode}-"):
+            thread.join(WAIT)
+            assert not thread.is_alive(), thread.name
+
+
+# -- regression: interpreter exit ----------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_exit_drains_after_a_task_shut_its_own_queue_down_without_waiting(tmp_path: Path) -> None:
+    out = tmp_path / "done.txt"
+    result = run_script(f"""
+        import threading
+        from taskqueue import Backoff, TaskQueue
+        queue = TaskQueue(workers=2, retries=2, backoff=Backoff.constant(0.01))
+        lock, tried = threading.Lock(), set()
+        def write(i):
+            with lock:
+                if i % 7 == 0 and i not in tried:
+                    tried.add(i)
+                    raise ConnectionError(i)  # finishes only through a retry
+                with open({str(out)!r}, "a") as f:
+                    f.write(f"{{i}}\\n")
+        for i in range(100):
+            queue.submit(write, i)
+        queue.submit(queue.shutdown, wait=False)  # from a worker, mid-stream
+        # no shutdown() here: the interpreter exits, and must still drain
+    """)
+    assert result.returncode == 0, result.stderr
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(100))
