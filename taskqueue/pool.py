@@ -127,7 +127,9 @@ class TaskQueue(Executor):
         self._forked = False
         self._cancelled = 0
         self._pool: List[Worker] = []
-        self._worker_ids: frozenset[int] = frozenset()
+        # Worker threads (replaced, never changed in place: read without a
+        # lock). Thread objects, not idents: the OS reuses idents.
+        self._worker_threads: frozenset[threading.Thread] = frozenset()
         self._stopping = False
         self._keys = UniqueKeys()
         self._periodics: List[Periodic] = []
@@ -202,8 +204,8 @@ class TaskQueue(Executor):
             periodic.cancel()
         if cancel_futures:
             self._cancel_not_started()
-        if not wait or threading.get_ident() in self._worker_ids:
-            self._wind_down_in_background()
+        if not wait or self._on_worker_thread():
+            self._wind_down_in_background(deadline)
             return
         if not self._work.wait_all_done(timeout):
             self._cancel_not_started()
@@ -392,7 +394,7 @@ class TaskQueue(Executor):
         if handle._task is not None and handle._task.delay:
             self._admit_delayed(handle, handle._task.delay)
         else:
-            bounded = threading.get_ident() not in self._worker_ids
+            bounded = not self._on_worker_thread()
             self._work.admit(handle, block=block, timeout=timeout, bounded=bounded)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUBMITTED, handle)
@@ -445,7 +447,7 @@ class TaskQueue(Executor):
         """
         timeout = validate.optional_seconds("timeout", timeout)
         self._refuse_if_forked()
-        if threading.get_ident() in self._worker_ids:
+        if self._on_worker_thread():
             raise RuntimeError("join() called from a worker of the same queue would wait for itself")
         return self._work.wait_all_done(timeout)
 
@@ -505,7 +507,9 @@ class TaskQueue(Executor):
 
         Raises:
             ValueError: it is not a listener of this queue.
+            QueueClosed: the queue belongs to a parent process.
         """
+        self._refuse_if_forked()
         self._listeners.remove(callback)
 
     def __repr__(self) -> str:
@@ -522,7 +526,7 @@ class TaskQueue(Executor):
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
-        self._work.task_done()
+        self._acknowledge(handle)
 
     def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         """Acknowledge an attempt that raised: retry it, or fail the task."""
@@ -532,21 +536,18 @@ class TaskQueue(Executor):
         if delay is None:
             self._fail(handle, exc, tally)
             return
-        tally.retried += 1
         if log.isEnabledFor(logging.WARNING):
-            # repr now: a record that held the exception would keep its
-            # traceback, and with it the task's arguments, alive in any
-            # handler that buffers records.
             log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %s",
-                        handle._name, handle.id, attempt, delay, repr(exc))
+                        handle._name, handle.id, attempt, delay, _describe(exc))
+        handle._back_to_pending(scheduled=delay > 0)
+        # Told while the task waits and before it can start again: a listener
+        # sees RETRYING before the next STARTED, and may still cancel it.
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.RETRYING, handle, exc)
         if delay > 0:
-            handle._back_to_pending(scheduled=True)
             if not self._scheduler.schedule(handle, self._clock() + delay):
                 handle.cancel()  # shutdown is cancelling what has not started
         else:
-            handle._back_to_pending(scheduled=False)
             self._reenter(handle)
 
     def _fail(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
@@ -559,6 +560,12 @@ class TaskQueue(Executor):
                   handle._attempts, exc_info=exc)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.FAILED, handle, exc)
+        self._acknowledge(handle)
+
+    def _acknowledge(self, handle: TaskHandle) -> None:
+        # The one place a task is marked done on the work queue: once, when
+        # it ended. The flag lets a crashed worker tell whether it happened.
+        handle._acked = True
         self._work.task_done()
 
     def _dead_letter(self, handle: TaskHandle, exc: BaseException) -> DeadLetter:
@@ -597,13 +604,11 @@ class TaskQueue(Executor):
         handle = worker.current
         worker.current = None
         if handle is not None:
-            if handle.done():
-                self._work.task_done()  # it ended; only the acknowledgement was lost
-            else:
-                worker.tally.running = 0
-                worker.tally.retried += 1
-                handle._back_to_pending(scheduled=False)
+            worker.tally.running = 0
+            if handle._back_to_pending(scheduled=False):
                 self._reenter(handle)
+            elif handle.done() and not handle._acked:
+                self._acknowledge(handle)  # it ended; only the acknowledgement was lost
         self._replace_worker(worker)
 
     def _replace_worker(self, worker: Worker) -> None:
@@ -611,7 +616,7 @@ class TaskQueue(Executor):
         # thread no longer writes), so the pool keeps its size and its counts.
         with self._lock:
             self._pool.remove(worker)
-            self._worker_ids = self._worker_ids - {worker.thread.ident}
+            self._worker_threads = self._worker_threads - {worker.thread}
             try:
                 self._start_worker(worker.index, worker.tally)
             except RuntimeError:  # at interpreter exit no thread can start
@@ -633,9 +638,10 @@ class TaskQueue(Executor):
             name=f"{self.name}-worker-{index}",
         )
         self._watchdog.watch(worker.guard)
-        worker.thread.start()
+        # Known as a worker before it runs anything: its first task may submit.
+        self._worker_threads = self._worker_threads | {worker.thread}
         self._pool.append(worker)
-        self._worker_ids = self._worker_ids | {worker.thread.ident}
+        worker.thread.start()
 
     def _due(self, item: Any) -> None:
         # The scheduler holds tasks (retries, delays) and callbacks (periodic
@@ -656,21 +662,35 @@ class TaskQueue(Executor):
 
     def _count_cancelled(self, handle: TaskHandle) -> None:
         # Called once per cancelled handle, by whoever cancelled it.
+        self._account_cancelled(handle)
+        if self._listeners.callbacks:
+            self._listeners.emit(EventKind.CANCELLED, handle)
+
+    def _account_cancelled(self, handle: TaskHandle) -> None:
         with self._lock:
             self._cancelled += 1
         if handle._key is not None:
             self._keys.release(handle)
-        if self._listeners.callbacks:
-            self._listeners.emit(EventKind.CANCELLED, handle)
-        self._work.task_done()
+        self._acknowledge(handle)
 
     def _cancel_not_started(self) -> None:
+        # Two passes: first every task is cancelled and counted, running no
+        # user code; then the events and done callbacks. A callback that
+        # calls shutdown() or join() then finds nothing left to wait for.
         scheduled = self._scheduler.seal(lambda item: isinstance(item, TaskHandle))
+        cancelled = []
         for item in self._work.seal() + scheduled:
-            if isinstance(item, TaskHandle):
-                item.cancel()
-            else:
+            if not isinstance(item, TaskHandle):
                 self._work.wake_workers(item)  # a stop sentinel: keep it queued
+                continue
+            callbacks = item._mark_cancelled()
+            if callbacks is not None:
+                self._account_cancelled(item)
+                cancelled.append((item, callbacks))
+        for handle, callbacks in cancelled:
+            if self._listeners.callbacks:
+                self._listeners.emit(EventKind.CANCELLED, handle)
+            handle._run_callbacks(callbacks)
 
     def _stop_threads(self) -> None:
         # Only after the drain: nothing is left to retry, so the timer can go,
@@ -694,12 +714,17 @@ class TaskQueue(Executor):
                     return
                 thread.join(remaining)
 
-    def _wind_down_in_background(self) -> None:
+    def _wind_down_in_background(self, deadline: Optional[float]) -> None:
         def wind_down() -> None:
-            self._work.wait_all_done()
+            remaining = None if deadline is None else max(0.0, deadline - monotonic())
+            if not self._work.wait_all_done(remaining):
+                self._cancel_not_started()
             self._stop_threads()
             self._join_threads(None)
         threading.Thread(target=wind_down, name=f"{self.name}-shutdown", daemon=True).start()
+
+    def _on_worker_thread(self) -> bool:
+        return threading.current_thread() in self._worker_threads
 
     def _read_submitted(self) -> int:
         with self._work.mutex:
@@ -728,3 +753,14 @@ class TaskQueue(Executor):
         self._forked = True
         self._ready = False
         self._lock = threading.Lock()
+
+
+def _describe(exc: BaseException) -> str:
+    # For log messages: repr now, so that a record does not keep the
+    # exception (and through its traceback, the task's arguments) alive in a
+    # handler that buffers records; and a repr() that raises must not kill
+    # the worker that is logging it.
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: repr() failed>"

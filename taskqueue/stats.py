@@ -124,6 +124,10 @@ def snapshot(
     # appending to would raise "deque mutated during iteration".
     windows = [(t.waits.copy(), t.runs.copy(), t.ends.copy()) for t in tallies]
     submitted = read_submitted()
+    # A task that retries on another worker between two reads of the
+    # tallies can be seen running on both; it cannot be running more than
+    # it is unfinished.
+    running = min(running, max(0, submitted - succeeded - failed - cancelled))
     waits = sorted(x for w, _, _ in windows for x in w)
     runs = sorted(x for _, r, _ in windows for x in r)
     return Stats(

@@ -258,6 +258,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _priority = 0
     _time_limit: Optional[float] = None
     _key: Optional[str] = None
+    _acked = False  # whether the queue has counted this task as ended
 
     # Future.__init__ is deliberately not called: it builds the Condition and
     # two lists that this class creates only on demand.
@@ -348,12 +349,25 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             True if the task is now cancelled (or already was), False if it
             is running or has finished.
         """
+        callbacks = self._mark_cancelled()
+        if callbacks is None:
+            return self.cancelled()
+        try:
+            self._on_cancel(self)
+        finally:
+            self._run_callbacks(callbacks)
+        return True
+
+    def _mark_cancelled(self) -> Optional[List[Callable[[Future], object]]]:  # type: ignore[type-arg]
+        """PENDING -> cancelled, running no user code.
+
+        Returns:
+            The done callbacks still to run, if this call cancelled the task;
+            None if it was not pending.
+        """
         with self._lock:
-            state = self._state
-            if state == RUNNING or state == FINISHED:
-                return False
-            if state != PENDING:
-                return True
+            if self._state != PENDING:
+                return None
             # Straight to CANCELLED_AND_NOTIFIED: no executor will pass by to
             # notify cf.wait() waiters later, so do it now.
             self._state = CANCELLED_AND_NOTIFIED
@@ -363,12 +377,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
                     waiter.add_cancelled(self)
             if self._cond is not None:
                 self._cond.notify_all()
-            callbacks = self._callbacks
-        try:
-            self._on_cancel(self)
-        finally:
-            self._run_callbacks(callbacks)
-        return True
+            return self._callbacks or []
 
     def cancelled(self) -> bool:
         """Return whether the task was cancelled."""
@@ -467,11 +476,14 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             self._attempts += 1
             return True
 
-    def _back_to_pending(self, scheduled: bool) -> None:
-        """RUNNING -> PENDING, to wait for another attempt (queued or scheduled)."""
+    def _back_to_pending(self, scheduled: bool) -> bool:
+        """RUNNING -> PENDING, to wait for another attempt; False if it was not running."""
         with self._lock:
+            if self._state != RUNNING:
+                return False
             self._state = PENDING
             self._scheduled = scheduled
+            return True
 
     def _succeed(self, result: Any) -> None:
         """RUNNING -> FINISHED with ``result``."""
@@ -505,18 +517,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
 
     def _abandon(self) -> None:
         """PENDING -> cancelled, uncounted: for a handle its queue never accepted."""
-        with self._lock:
-            if self._state != PENDING:
-                return
-            self._state = CANCELLED_AND_NOTIFIED
-            self._drop_work()
-            if self._waiter_list:
-                for waiter in self._waiter_list:
-                    waiter.add_cancelled(self)
-            if self._cond is not None:
-                self._cond.notify_all()
-            callbacks = self._callbacks
-        self._run_callbacks(callbacks)
+        self._run_callbacks(self._mark_cancelled())
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Wait for the task from a coroutine: ``await handle`` gives its result.
@@ -558,6 +559,6 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         for callback in callbacks or ():
             try:
                 callback(self)
-            except Exception:  # a caller's callback must not break the worker
+            except BaseException:  # even SystemExit: a caller's callback must not break the worker
                 log.exception("done callback %r of %r raised", callback, self)
 

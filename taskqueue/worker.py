@@ -118,6 +118,8 @@ class Worker:
                 continue  # cancelled while queued; counted when it was cancelled
             self.current = handle
             tally.running = 1
+            if handle._attempts > 1:
+                tally.retried += 1
             started = clock()
             tally.waits.append(started - (handle._enqueued_at or handle._submitted_at))
             if listeners.callbacks:

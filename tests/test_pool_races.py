@@ -5,8 +5,8 @@ gates (never a sleep), or shakes one loose by running a racy scenario many
 times under ``sys.setswitchinterval(1e-6)``; every wait is bounded, so that
 a hang fails the test instead of hanging the run.
 
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` show a real bug: they
-pass once the bug is fixed, and then the marker must go.
+Several of these began as strict xfails that showed a real bug; they now
+guard the fixes.
 """
 
 from __future__ import annotations
@@ -106,10 +106,6 @@ class FirstAckCrashes(TaskQueue):
 # -- a replacement worker is not yet known as a worker --------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pool._start_worker adds the new thread's ident to _worker_ids only after "
-    "thread.start() returned; a replacement worker runs queued tasks before that, so its "
-    "submit() is bounded (can deadlock on its own full queue) and its join() is not refused"))
 @pytest.mark.timeout(60)
 def test_a_replacement_worker_is_a_worker_from_its_first_task(quiet_logs: None) -> None:
     seen = []
@@ -176,9 +172,6 @@ class HandsOverOnRead(WorkerTally):
         self._running = value
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: stats.snapshot sums `running` tally by tally; a task that retries on another "
-    "worker between two of those reads is counted running twice, so pending < 0"))
 @pytest.mark.timeout(10)
 def test_a_retry_moving_between_workers_mid_snapshot_never_makes_pending_negative() -> None:
     # Given one task, running on worker 0, and an idle worker 1
@@ -203,10 +196,6 @@ def exit_if_cancelled(handle: Any) -> None:
         raise SystemExit("a done callback called sys.exit()")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: TaskHandle._run_callbacks lets BaseException through; when a worker cancels a "
-    "retry that shutdown refused (pool._settle_failure), the cancel has already marked the "
-    "task done, and _worker_crashed marks it done again: join() returns while a task runs"))
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.timeout(30)
 def test_a_refused_retry_is_acknowledged_once_even_if_its_callback_raises(
@@ -236,10 +225,6 @@ def test_a_refused_retry_is_acknowledged_once_even_if_its_callback_raises(
     assert_settled(queue, [failing, running])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pool._cancel_not_started stops at the first cancel() whose done callback raises "
-    "BaseException; the rest were already taken out of the sealed queue and are never "
-    "ended, so join() and the interpreter-exit drain wait for ever"))
 @pytest.mark.timeout(30)
 def test_shutdown_cancels_every_queued_task_even_if_a_callback_raises(gate: Gate) -> None:
     # Given a busy worker and four queued tasks, the first with a callback that exits
@@ -268,10 +253,6 @@ def test_shutdown_cancels_every_queued_task_even_if_a_callback_raises(gate: Gate
 # -- user code that calls back into the queue ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a done callback that calls shutdown() while shutdown(cancel_futures=True) is "
-    "cancelling (pool._cancel_not_started) waits for the tasks its caller has yet to "
-    "cancel: both wait for ever"))
 @pytest.mark.timeout(30)
 def test_a_done_callback_may_call_shutdown_while_shutdown_cancels(gate: Gate) -> None:
     queue = TaskQueue(workers=1)
@@ -303,10 +284,6 @@ class Unprintable(ConnectionError):
         raise RuntimeError("no repr for you")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pool._settle_failure calls repr(exc) for its WARNING log outside any try; an "
-    "exception whose repr() raises kills the worker, which is replaced, the retry is "
-    "counted twice and no RETRYING event is sent"))
 @pytest.mark.timeout(30)
 def test_an_exception_whose_repr_raises_is_retried_like_any_other() -> None:
     queue = TaskQueue(workers=1, retries=1, backoff=Backoff.none())
@@ -331,10 +308,6 @@ def test_an_exception_whose_repr_raises_is_retried_like_any_other() -> None:
 # -- thread identity after the workers are gone ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pool._worker_ids keeps the idents of workers that exited after shutdown; the OS "
-    "reuses them, so join() from an unrelated new thread is refused as if from a worker "
-    "(and shutdown() from it would not wait)"))
 @pytest.mark.timeout(30)
 def test_join_after_shutdown_from_a_new_thread_is_not_mistaken_for_a_worker() -> None:
     outcomes: List[Any] = []
@@ -364,9 +337,6 @@ def test_join_after_shutdown_from_a_new_thread_is_not_mistaken_for_a_worker() ->
 # -- shutdown modes -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: shutdown(wait=False, timeout=t) (and any shutdown called from a worker) ignores "
-    "timeout: pool._wind_down_in_background drains without a deadline and never cancels"))
 @pytest.mark.timeout(30)
 def test_shutdown_without_wait_still_honours_its_timeout(gate: Gate) -> None:
     queue = TaskQueue(workers=1)
@@ -392,10 +362,6 @@ def run_script(source: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: TaskQueue.remove_listener does not call _refuse_if_forked: in a forked child it "
-    "takes the parent's listener lock (which the fork may have copied held) instead of "
-    "raising QueueClosed as every other call does"))
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.timeout(60)
 def test_remove_listener_in_a_forked_child_raises_queue_closed() -> None:
