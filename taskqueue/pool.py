@@ -34,7 +34,7 @@ from .scheduler import Scheduler
 from .stats import Stats, WorkerTally, snapshot
 from .task import Task, TaskHandle, callable_name
 from .timelimit import Watchdog
-from .unique import UniqueKeys
+from .unique import BUSY, UniqueKeys
 from .worker import STOP, Worker
 from .workqueue import WorkQueue
 
@@ -408,15 +408,18 @@ class TaskQueue(Executor):
             handle.cancel()  # shutdown is cancelling what has not started
 
     def _admit_unique(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> TaskHandle:
-        holder = self._keys.claim(handle)
+        holder = self._keys.claim(handle, timeout if block else 0.0)
+        if holder is BUSY:
+            raise QueueFull(f"a task with key {handle._key!r} is still waiting for room in "
+                            f"{self.name}; wait longer (submit_timeout) or retry")
         if holder is not None:
-            return holder
+            return holder  # type: ignore[return-value]
         try:
             self._enter(handle, block, timeout)
         except BaseException:
             self._keys.release(handle)
-            handle._abandon()  # never accepted: whoever found it by key sees it cancelled
             raise
+        self._keys.admitted(handle)
         return handle
 
     def _prepare(self) -> None:

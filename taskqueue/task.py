@@ -515,10 +515,6 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         if callbacks:
             self._run_callbacks(callbacks)
 
-    def _abandon(self) -> None:
-        """PENDING -> cancelled, uncounted: for a handle its queue never accepted."""
-        self._run_callbacks(self._mark_cancelled())
-
     def __await__(self) -> Generator[Any, None, Any]:
         """Wait for the task from a coroutine: ``await handle`` gives its result.
 
