@@ -27,6 +27,7 @@ JSON schema (``--json FILE``, ``meta.schema`` = 1)::
       "meta": {
         "schema": 1,                 # bumped when a key changes meaning or goes away
         "taskqueue": "0.1.0",        # the version measured
+        "commit": {"id": "4e03095...", "branch": "main", "dirty": false} | null,
         "cpu_count": 2,
         "python": "3.11.7",
         "implementation": "CPython",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import taskqueue
@@ -36,6 +37,7 @@ def machine(*, mode: str, command: str, rounds: int, warmup: int) -> Dict[str, A
     return {
         "schema": SCHEMA_VERSION,
         "taskqueue": taskqueue.__version__,
+        "commit": commit_info(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -50,6 +52,29 @@ def machine(*, mode: str, command: str, rounds: int, warmup: int) -> Dict[str, A
         # How busy the shared machine was; the CLI fills in "end" when the run ends.
         "load_average": {"start": load_average(), "end": None},
     }
+
+
+def commit_info() -> Optional[Dict[str, Any]]:
+    """Return the git commit measured (id, branch, dirty), or None outside a checkout.
+
+    Figures belong to a commit, as pytest-benchmark's ``commit_info`` says;
+    "dirty" means tracked files had changes that no commit holds.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True)
+        return done.stdout.strip()
+
+    try:
+        return {
+            "id": git("rev-parse", "HEAD"),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def load_average() -> Optional[List[float]]:
@@ -140,7 +165,8 @@ def _summary(results: Sequence[Result]) -> List[str]:
 
 def _header(meta: Mapping[str, Any]) -> List[str]:
     return [
-        f"taskqueue {meta['taskqueue']} benchmarks, {meta['mode']} run, {meta['date']}",
+        f"taskqueue {meta['taskqueue']}{_commit(meta)} benchmarks, {meta['mode']} run, "
+        f"{meta['date']}",
         f"{meta['implementation']} {meta['python']} on {meta['platform']}, "
         f"{meta['cpu_count']} CPUs{_load(meta)}",
         f"{meta['rounds']} rounds per figure, interleaved with the baselines"
@@ -148,6 +174,13 @@ def _header(meta: Mapping[str, Any]) -> List[str]:
         "figures are medians, ratio = taskqueue / baseline (median of per-round ratios, "
         "with min-max)",
     ]
+
+
+def _commit(meta: Mapping[str, Any]) -> str:
+    commit = meta.get("commit")
+    if not commit:
+        return ""
+    return f" (commit {commit['id'][:10]}{', with uncommitted changes' if commit['dirty'] else ''})"
 
 
 def _load(meta: Mapping[str, Any]) -> str:

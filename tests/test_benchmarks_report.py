@@ -146,7 +146,7 @@ RESULT_KEYS = {
     "baseline", "baseline_min", "baseline_max", "taskqueue", "taskqueue_min", "taskqueue_max",
     "ratio", "ratio_min", "ratio_max", "target", "met", "rounds", "sizes", "note", "values",
 }
-META_KEYS = {"schema", "taskqueue", "cpu_count", "python", "implementation", "platform",
+META_KEYS = {"schema", "taskqueue", "commit", "cpu_count", "python", "implementation", "platform",
              "machine", "date", "mode", "command", "rounds", "warmup", "peers", "load_average"}
 
 
@@ -172,6 +172,15 @@ def test_json_schema():
 def test_table_header_shows_the_load_of_the_shared_machine():
     meta = dict(META, load_average={"start": [1.5, 1.0, 0.5], "end": [2.25, 1.0, 0.5]})
     assert "load average 1.50 at start, 2.25 at end" in report.render_table([], meta)
+
+
+def test_the_commit_measured_is_recorded():
+    commit = report.commit_info()
+    if commit is None:
+        pytest.skip("not run from a git checkout")
+    assert len(commit["id"]) == 40 and isinstance(commit["dirty"], bool)
+    meta = dict(META, commit={"id": "0123456789abcdef", "branch": "main", "dirty": True})
+    assert "(commit 0123456789, with uncommitted changes)" in report.render_table([], meta)
 
 
 def test_json_meta_date_is_utc_iso8601():
