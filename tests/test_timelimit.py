@@ -182,6 +182,20 @@ def test_an_abandoned_attempt_is_retried_on_the_replacement(
     assert_balanced(queue)
 
 
+def test_the_shutdown_drain_ends_with_a_stuck_task_abandoned(stuck: Stuck) -> None:
+    # Given a queue whose only worker is stuck in C past its limit
+    queue = TaskQueue(workers=1, time_limit_grace=0.1)
+    handle = queue.submit(Task(stuck.wait, time_limit=0.1))
+    after = queue.submit(abs, -4)
+    # When it shuts down, draining (a test timeout would catch a hang)
+    queue.shutdown()
+    # Then the stuck attempt failed with its limit, the task behind it ran on
+    # the replacement, and nothing is left pending
+    assert isinstance(handle.exception(0), TimeLimitExceeded)
+    assert after.result(0) == 4
+    assert_balanced(queue)
+
+
 # -- Python code is interrupted in place ------------------------------------------------------
 
 
