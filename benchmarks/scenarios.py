@@ -85,7 +85,7 @@ def producer_cost(ctx: Context) -> List[Result]:
 
 @scenario("io-scaling", "3. I/O-bound scaling: tasks sleeping 1 ms, throughput against workers / 1 ms",
           full={"tasks": 2_000, "workers": [1, 2, 4, 8, 16, 32, 64]},
-          quick={"tasks": 400, "workers": [1, 2, 4, 8, 16, 32, 64]},
+          quick={"tasks": 300, "workers": [1, 2, 4, 8, 16, 32, 64]},
           smoke={"tasks": 40, "workers": [1, 4, 64]})
 def io_scaling(ctx: Context) -> List[Result]:
     slept = _measured_sleep()
@@ -157,7 +157,7 @@ def submit_to_start(ctx: Context) -> List[Result]:
 
 @scenario("memory", "5. Memory per pending task (tracemalloc), workers blocked",
           full={"tasks": 200_000, "workers": 4, "maxsize": 300_000},
-          quick={"tasks": 20_000, "workers": 4, "maxsize": 300_000},
+          quick={"tasks": 10_000, "workers": 4, "maxsize": 300_000},
           smoke={"tasks": 1_000, "workers": 4, "maxsize": 300_000})
 def memory_per_pending_task(ctx: Context) -> List[Result]:
     tasks, workers, maxsize = ctx.sizes["tasks"], ctx.sizes["workers"], ctx.sizes["maxsize"]
@@ -172,7 +172,7 @@ def memory_per_pending_task(ctx: Context) -> List[Result]:
           full={"tasks": [10**3, 10**4, 10**5, 10**6], "reference": 10**4, "window": 4096,
                 "workers": 4, "min_tasks_per_value": 10**5},
           quick={"tasks": [10**3, 10**4, 10**5], "reference": 10**4, "window": 4096,
-                 "workers": 4, "min_tasks_per_value": 5 * 10**4},
+                 "workers": 4, "min_tasks_per_value": 3 * 10**4},
           smoke={"tasks": [100, 1_000, 3_000], "reference": 1_000, "window": 512,
                  "workers": 4, "min_tasks_per_value": 3_000})
 def cost_as_work_grows(ctx: Context) -> List[Result]:
@@ -248,7 +248,7 @@ def _ignore(event: object) -> None:
 
 @scenario("peers", "9. Peers on scenario 1: Huey and Dramatiq in-process, 4 workers",
           full={"tasks": 100_000, "workers": 4},
-          quick={"tasks": 10_000, "workers": 4},
+          quick={"tasks": 5_000, "workers": 4},
           smoke={"tasks": 200, "workers": 4})
 def peers(ctx: Context) -> List[Result]:
     tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
