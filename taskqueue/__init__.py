@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging as _logging
 
 from .deadletter import DeadLetter
-from .errors import QueueClosed, QueueFull, Retry, TaskQueueError, TimeLimitExceeded
+from .errors import (JournalError, JournalLocked, QueueClosed, QueueFull, Retry, TaskQueueError,
+                     TimeLimitExceeded)
 from .events import Event, EventKind
 from .periodic import Periodic
 from .pool import TaskQueue
@@ -53,4 +54,7 @@ __all__ = [
     "QueueFull",
     "QueueClosed",
     "TimeLimitExceeded",
+    # Journal
+    "JournalError",
+    "JournalLocked",
 ]

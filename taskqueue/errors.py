@@ -9,6 +9,8 @@ The tree::
                +-- QueueFull             no room within the allowed wait
                +-- QueueClosed (RuntimeError)  the queue no longer accepts work
                +-- Retry                 raised *by a task* to ask for a retry
+               +-- JournalError          a journal file cannot be used (names the file)
+                    +-- JournalLocked    another queue has the journal open
 
 ``TimeLimitExceeded`` derives from ``BaseException``, like Dramatiq's
 ``Interrupt`` and trio's ``Cancelled``, so that a task's own
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from .validate import optional_seconds
 
-__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry", "TimeLimitExceeded"]
+__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry", "TimeLimitExceeded",
+           "JournalError", "JournalLocked"]
 
 
 class TaskQueueError(Exception):
@@ -62,6 +65,18 @@ class Retry(TaskQueueError):
         if self.delay is None:
             return "task asked for a retry"
         return f"task asked for a retry in {self.delay}s"
+
+
+class JournalError(TaskQueueError):
+    """Raised when a journal file cannot be used: not a journal, corrupt, too new, unwritable.
+
+    The message names the file. Also the exception of a dead letter made at
+    recovery for a task whose function is not registered.
+    """
+
+
+class JournalLocked(JournalError):
+    """Raised when a journal file is already open in another TaskQueue, here or in another process."""
 
 
 class TimeLimitExceeded(BaseException):

@@ -13,19 +13,22 @@ shutdown drain wait on that count.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
 import traceback
+import uuid
 from concurrent.futures import Executor
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from . import process, validate
 from .deadletter import DeadLetter, DeadLetterStore
-from .errors import QueueClosed, QueueFull, TimeLimitExceeded
-from .events import EventKind, Listener, Listeners
+from .errors import JournalError, QueueClosed, QueueFull, TaskQueueError, TimeLimitExceeded
+from .events import Event, EventKind, Listener, Listeners
+from .journal import DEAD, SCHEDULED, Journal, Row, check_durability
 from .retry import Backoff, RetryPolicy, RandomSource, check_retry_on, decide
 from .mapping import lazy_map
 from .periodic import Periodic
@@ -70,10 +73,24 @@ class TaskQueue(Executor):
             it is abandoned and replaced.
         clock: the monotonic clock used for backoffs and timings.
         rng: the source of backoff jitter (``random`` if None).
+        journal: a file in which every unfinished task is kept (see
+            README, "Durable journal"): ``submit`` returns once the task is
+            on disk, and tasks left unfinished by a crash run again when a
+            queue on the same file starts. Only registered task functions
+            (``@queue.task``), with arguments the serializer accepts, can
+            be submitted to a journaled queue. Register them before the
+            queue starts: that is when the journal is read back.
+        durability: ``"normal"`` (survives the process being killed) or
+            ``"full"`` (also survives power loss: an fsync per commit group).
+        serializer: encodes journaled arguments; anything with
+            ``dumps``/``loads`` (``json`` if None).
 
     Raises:
         TypeError: a parameter has the wrong type.
         ValueError: a parameter is out of range (the message names it).
+        JournalLocked: another queue has the journal file open.
+        JournalError: the journal file is not a journal, is corrupt, or is
+            of a newer schema version.
 
     Threads start on :meth:`start`, on entering ``with``, or on the first
     submit, whichever comes first. Every public method is safe to call from
@@ -95,6 +112,9 @@ class TaskQueue(Executor):
         time_limit_grace: float = 0.5,
         clock: Callable[[], float] = monotonic,
         rng: Optional[RandomSource] = None,
+        journal: Optional[Any] = None,
+        durability: str = "normal",
+        serializer: Any = None,
     ) -> None:
         validate.whole_number("workers", workers, minimum=1)
         validate.whole_number("maxsize", maxsize, minimum=0)
@@ -110,6 +130,9 @@ class TaskQueue(Executor):
         grace = validate.seconds("time_limit_grace", time_limit_grace)
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
+        check_durability(durability)
+        if serializer is not None and journal is None:
+            raise ValueError("serializer is only used with journal=; got no journal")
 
         self.name = name
         """The queue's name, as given."""
@@ -136,6 +159,13 @@ class TaskQueue(Executor):
         self._registry = Registry(self.submit, asubmit=self.asubmit)
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
+        self._recovered = 0
+        # Opened last, once every argument is known to be good: a locked or
+        # invalid file fails here, naming the file, and nothing is left open.
+        self._journal: Optional[Journal] = None
+        if journal is not None:
+            self._journal = Journal(journal, durability=durability, serializer=serializer)
+            self._listeners.add(self._journal_started)
         # Known from birth, not from start(): a fork in the middle of start()
         # must still mark this queue as the parent's in the child.
         process.register(self)
@@ -153,12 +183,15 @@ class TaskQueue(Executor):
         """
         with self._lock:
             self._check_usable()
-            if self._phase == _NEW:
+            first = self._phase == _NEW
+            if first:
                 for index in range(self._workers):
                     self._start_worker(index, WorkerTally())
                 self._scheduler.start()
                 self._phase = _RUNNING
                 self._ready = True
+        if first and self._journal is not None:
+            self._recover()  # outside the lock: it emits events, which run user code
         return self
 
     def __enter__(self) -> TaskQueue:
@@ -199,6 +232,7 @@ class TaskQueue(Executor):
             started = self._phase != _NEW
             self._phase = _CLOSED
         if not started:
+            self._close_journal()
             return
         for periodic in self._periodics:
             periodic.cancel()
@@ -211,6 +245,7 @@ class TaskQueue(Executor):
             self._cancel_not_started()
         self._stop_threads()
         self._join_threads(deadline)
+        self._close_journal()
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
@@ -385,6 +420,8 @@ class TaskQueue(Executor):
         return handle
 
     def _admit(self, handle: TaskHandle, block: bool, timeout: Optional[float]) -> TaskHandle:
+        if self._journal is not None and handle._id is None:
+            return self._admit_journaled(handle, block, timeout)
         if handle._key is not None:
             return self._admit_unique(handle, block, timeout)
         self._enter(handle, block, timeout)
@@ -491,6 +528,8 @@ class TaskQueue(Executor):
             raise TypeError(f"dead_letter must be a DeadLetter, got {dead_letter!r}")
         handle = self.submit(dead_letter.task)
         self._dead.remove(dead_letter)
+        if self._journal is not None:
+            self._journal.forget_dead(dead_letter.task_id)
         return handle
 
     def add_listener(self, callback: Listener) -> None:
@@ -526,6 +565,8 @@ class TaskQueue(Executor):
         tally.succeeded += 1
         if handle._key is not None:
             self._keys.release(handle)
+        if handle._id is not None:
+            self._journal.record_done(handle._id)  # type: ignore[union-attr]
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
@@ -542,6 +583,8 @@ class TaskQueue(Executor):
         if log.isEnabledFor(logging.WARNING):
             log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %s",
                         handle._name, handle.id, attempt, delay, _describe(exc))
+        if handle._id is not None:
+            self._journal.record_retry(handle._id, attempt, time.time() + delay)  # type: ignore[union-attr]
         handle._back_to_pending(scheduled=delay > 0)
         # Told while the task waits and before it can start again: a listener
         # sees RETRYING before the next STARTED, and may still cancel it.
@@ -554,7 +597,11 @@ class TaskQueue(Executor):
             self._reenter(handle)
 
     def _fail(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
-        self._dead.add(self._dead_letter(handle, exc))
+        letter = self._dead_letter(handle, exc)
+        self._dead.add(letter)
+        if handle._id is not None:
+            self._journal.record_dead(handle._id, letter.attempts,  # type: ignore[union-attr]
+                                      _error_text(exc), letter.traceback, letter.failed_at)
         tally.failed += 1
         if handle._key is not None:
             self._keys.release(handle)
@@ -625,6 +672,117 @@ class TaskQueue(Executor):
             except RuntimeError:  # at interpreter exit no thread can start
                 log.error("could not replace worker %s", worker.thread.name)
 
+    # -- the journal (only with journal=) ------------------------------------
+
+    @property
+    def recovered(self) -> int:
+        """How many unfinished tasks the journal gave back when this queue started.
+
+        Dead letters read back are not counted (see :meth:`dead_letters`);
+        0 for a queue without a journal, or before it starts.
+        """
+        return self._recovered
+
+    def _admit_journaled(self, handle: TaskHandle, block: bool,
+                         timeout: Optional[float]) -> TaskHandle:
+        # On disk first, then into the queue: once submit returns, a crash
+        # cannot lose the task. If the queue then refuses it, the row goes.
+        journal: Journal = self._journal  # type: ignore[assignment]
+        fn = handle._fn
+        if not isinstance(fn, TaskFunction) or self.tasks.get(fn.name) is not fn:
+            raise TypeError(
+                f"{self.name} has a journal, so it only takes task functions registered on it "
+                f"with @queue.task (a restart finds them again by name); got {fn!r}")
+        options = _journal_options(handle._task, fn)
+        args, kwargs = journal.encode(handle._args, handle._kwargs or {})
+        delay = handle._task.delay if handle._task is not None else None
+        task_id = uuid.uuid4().hex
+        journal.record_submit(task_id, fn.name, args, kwargs, options,
+                              time.time() + delay if delay else None)
+        handle._id = task_id
+        try:
+            admitted = self._admit(handle, block, timeout)
+        except BaseException:
+            journal.record_done(task_id)
+            raise
+        if admitted is not handle:  # a live task holds its key: this one was not queued
+            journal.record_done(task_id)
+        return admitted
+
+    def _recover(self) -> None:
+        # Once, when the queue starts: what the last run left unfinished goes
+        # back where it was; dead letters come back as dead letters.
+        journal: Journal = self._journal  # type: ignore[assignment]
+        wall, now = time.time(), self._clock()
+        for row in journal.recover():
+            fn = self.tasks.get(row.name)
+            if row.state == DEAD:
+                self._dead.add(self._recovered_letter(row, fn, TaskQueueError(row.error)))
+                continue
+            try:
+                if fn is None:
+                    raise JournalError(
+                        f"no task function named {row.name!r} is registered; register it "
+                        "with @queue.task before the queue starts")
+                handle = self._resumed_handle(row, fn)
+            except (JournalError, TypeError, ValueError) as exc:
+                letter = self._recovered_letter(row, fn, exc)
+                self._dead.add(letter)
+                journal.record_dead(row.id, row.attempts, _error_text(exc), "", letter.failed_at)
+                log.error("journal %s: task %s (%s) cannot be resumed: %s",
+                          journal.path, row.name, row.id, exc)
+                continue
+            try:
+                if row.state == SCHEDULED and row.due is not None and row.due > wall:
+                    handle._scheduled = True
+                    self._work.admit_deferred(handle)
+                    if not self._scheduler.schedule(handle, now + (row.due - wall)):
+                        handle.cancel()
+                else:
+                    self._work.admit(handle, bounded=False)
+            except QueueClosed:
+                return  # shut down meanwhile: the rest stays in the journal
+            self._recovered += 1
+            if self._listeners.callbacks:
+                self._listeners.emit(EventKind.SUBMITTED, handle)
+
+    def _resumed_handle(self, row: Row, fn: TaskFunction[Any]) -> TaskHandle:
+        options = dict(row.options)
+        if options.get("backoff") is not None:
+            options["backoff"] = Backoff(**options["backoff"])
+        task = fn.task(*row.args, **row.kwargs).replace(delay=None, **options)
+        handle = self._handle_for(task, (), {})
+        handle._id = row.id
+        handle._attempts = row.attempts  # an attempt cut short by the crash counts
+        if handle._key is not None and self._keys.claim(handle, 0.0) is None:
+            self._keys.admitted(handle)
+        return handle
+
+    def _recovered_letter(self, row: Row, fn: Optional[TaskFunction[Any]],
+                          exc: BaseException) -> DeadLetter:
+        args = row.args if isinstance(row.args, (list, tuple)) else [row.args]
+        kwargs = row.kwargs if isinstance(row.kwargs, dict) else {}
+        name = row.options.get("name") if isinstance(row.options.get("name"), str) else row.name
+        return DeadLetter(
+            task=Task(fn or _Unregistered(row.name), args, kwargs, name=name),
+            task_id=row.id,
+            exception=exc,
+            traceback=row.traceback or "",
+            attempts=row.attempts,
+            submitted_at=row.submitted_at,
+            failed_at=row.failed_at if row.failed_at is not None else time.time(),
+        )
+
+    def _journal_started(self, event: Event) -> None:
+        # A listener, so that the worker loop stays as it is: an attempt that
+        # is cut short by a crash shows as "running" in the journal.
+        if event.kind is EventKind.STARTED and event.handle._id is not None:
+            self._journal.record_started(event.handle._id, event.handle._attempts)  # type: ignore[union-attr]
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
     # -- internals -----------------------------------------------------------
 
     def _start_worker(self, index: int, tally: WorkerTally) -> None:
@@ -664,7 +822,11 @@ class TaskQueue(Executor):
             handle.cancel()
 
     def _count_cancelled(self, handle: TaskHandle) -> None:
-        # Called once per cancelled handle, by whoever cancelled it.
+        # Called once per cancelled handle, by whoever cancelled it. A
+        # journaled task cancelled by shutdown stays in the journal for the
+        # next run; one cancelled while the queue runs is forgotten.
+        if handle._id is not None and self._phase != _CLOSED:
+            self._journal.record_done(handle._id)  # type: ignore[union-attr]
         self._account_cancelled(handle)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.CANCELLED, handle)
@@ -724,6 +886,7 @@ class TaskQueue(Executor):
                 self._cancel_not_started()
             self._stop_threads()
             self._join_threads(None)
+            self._close_journal()
         threading.Thread(target=wind_down, name=f"{self.name}-shutdown", daemon=True).start()
 
     def _on_worker_thread(self) -> bool:
@@ -767,3 +930,39 @@ def _describe(exc: BaseException) -> str:
         return repr(exc)
     except Exception:
         return f"<{type(exc).__name__}: repr() failed>"
+
+
+def _error_text(exc: BaseException) -> str:
+    # "Type: message", for the journal's dead letters; never raises.
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__}: <str() failed>"
+
+
+def _journal_options(task: Optional[Task], fn: TaskFunction[Any]) -> dict:
+    # The task's own options as JSON values. Exception classes cannot be
+    # written without importing by path on the way back, which a journal
+    # must never do: retry_on comes from the registration only.
+    if task is None:
+        return {}
+    if task.retry_on != fn.task().retry_on:
+        raise TypeError(f"retry_on set for one submission of {fn.name!r} cannot be journaled "
+                        "(exception classes are not written to the journal); set it in "
+                        "@queue.task(retry_on=...)")
+    options: dict = {"retries": task.retries, "priority": task.priority,
+                     "time_limit": task.time_limit, "key": task.key,
+                     "backoff": None if task.backoff is None else dataclasses.asdict(task.backoff)}
+    if task.name != fn.name:
+        options["name"] = task.name
+    return options
+
+
+class _Unregistered:
+    """Stands in, in a dead letter, for a task function no longer registered."""
+
+    def __init__(self, name: str) -> None:
+        self.__qualname__ = self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise JournalError(f"no task function named {self.name!r} is registered")

@@ -259,6 +259,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _time_limit: Optional[float] = None
     _key: Optional[str] = None
     _acked = False  # whether the queue has counted this task as ended
+    _id: Optional[str] = None  # a journaled task's id, kept across restarts
 
     # Future.__init__ is deliberately not called: it builds the Condition and
     # two lists that this class creates only on demand.
@@ -285,7 +286,12 @@ class TaskHandle(Future):  # type: ignore[type-arg]
 
     @property
     def id(self) -> str:
-        """A unique id for this submission (unique within a process and run)."""
+        """A unique id for this submission (unique within a process and run).
+
+        A journaled task keeps its journal id across restarts.
+        """
+        if self._id is not None:
+            return self._id
         return f"{_ID_PREFIX}-{self._seq:x}"
 
     @property

@@ -1,0 +1,534 @@
+"""The durable journal: every unfinished task of a queue, in one SQLite file.
+
+A :class:`Journal` keeps one row per task that has not ended well: pending,
+scheduled (a delay or a retry, with its wall-clock due time), running, or
+dead. A task that succeeds or is cancelled is deleted. After a crash the
+rows left are the work to resume (:meth:`Journal.recover`).
+
+One writer thread owns the connection and commits in groups: whatever was
+queued while the previous transaction committed goes into the next one
+(group commit, with SQLite's write-ahead log). :meth:`record_submit` waits
+until the transaction holding its row has committed, which is what lets
+``submit`` return only once the task is on disk; every other record is
+queued and not waited for (a worker must never wait on the disk, and
+at-least-once delivery tolerates losing them in a crash: the task runs
+again).
+
+The file is opened in SQLite's exclusive locking mode: one connection, so
+one process and one queue, owns it until it is closed. Every ``sqlite3``
+error is turned into :class:`JournalError` naming the file.
+
+This is a mechanism: it knows nothing of the pool, the registry or task
+functions; it stores names, encoded arguments and plain options.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from typing import (Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple,
+                    Union)
+
+from .errors import JournalError, JournalLocked
+
+__all__ = ["Journal", "Row", "DURABILITIES", "APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS",
+           "check_durability"]
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x74517565  # "tQue": marks a SQLite file as a taskqueue journal
+"""The ``PRAGMA application_id`` of every journal file."""
+SCHEMA_VERSION = 1
+"""The schema version this code writes (``PRAGMA user_version``)."""
+
+DURABILITIES = {"normal": "NORMAL", "full": "FULL"}
+"""The ``durability=`` values and the ``PRAGMA synchronous`` each one sets."""
+
+PENDING, SCHEDULED, RUNNING, DEAD = "pending", "scheduled", "running", "dead"
+STATES = (PENDING, SCHEDULED, RUNNING, DEAD)
+
+_SCHEMA_V1 = """
+CREATE TABLE tasks (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    args         TEXT NOT NULL,
+    kwargs       TEXT NOT NULL,
+    options      TEXT NOT NULL,
+    state        TEXT NOT NULL,  -- pending | scheduled | running | dead
+    attempts     INTEGER NOT NULL,
+    due          REAL,           -- epoch seconds, for scheduled
+    submitted_at REAL NOT NULL,
+    error        TEXT,
+    traceback    TEXT,
+    failed_at    REAL
+)
+"""
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: Dict[int, Migration] = {}
+"""Schema upgrades by the version they start from: ``MIGRATIONS[n]`` takes a
+version-``n`` file to version ``n + 1``. Version 1 is the first schema, so
+there is none yet; :class:`Journal` runs them in one transaction at open."""
+
+
+def check_durability(durability: object) -> str:
+    """Return ``durability`` if it is one of :data:`DURABILITIES`.
+
+    Raises:
+        ValueError: it is not (the message names the parameter and the value).
+    """
+    if durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
+                         f"got {durability!r}")
+    return durability  # type: ignore[return-value]
+
+
+class Row(NamedTuple):
+    """One task as the journal holds it."""
+
+    id: str
+    """The task's journal id (also its handle's ``id``)."""
+    name: str
+    """The registered name of its task function."""
+    args: List[Any]
+    """Positional arguments, decoded (a JSON list: tuples come back as lists)."""
+    kwargs: Dict[str, Any]
+    """Keyword arguments, decoded."""
+    options: Dict[str, Any]
+    """The task's own options (retries, priority, ...), as plain JSON values."""
+    state: str
+    """``pending``, ``scheduled``, ``running`` (when the process stopped) or ``dead``."""
+    attempts: int
+    """Attempts started so far."""
+    due: Optional[float]
+    """For ``scheduled``: when it is due, in seconds since the epoch."""
+    submitted_at: float
+    """When it was submitted, in seconds since the epoch."""
+    error: Optional[str]
+    """For ``dead``: the final error, ``"Type: message"``."""
+    traceback: Optional[str]
+    """For ``dead``: the final error's traceback."""
+    failed_at: Optional[float]
+    """For ``dead``: when it failed, in seconds since the epoch."""
+
+
+class _Waiter:
+    # One submitter waiting for the commit of its row.
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: Optional[BaseException] = None
+
+
+_Op = Tuple[str, Tuple[Any, ...], Optional[_Waiter]]
+
+_SQL = {
+    "submit": "INSERT INTO tasks (id, name, args, kwargs, options, state, attempts, due, "
+              "submitted_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+    "started": "UPDATE tasks SET state = 'running', attempts = ? WHERE id = ?",
+    "retry": "UPDATE tasks SET state = ?, attempts = ?, due = ? WHERE id = ?",
+    "dead": "UPDATE tasks SET state = 'dead', attempts = ?, error = ?, traceback = ?, "
+            "failed_at = ?, due = NULL WHERE id = ?",
+    "delete": "DELETE FROM tasks WHERE id = ?",
+    "delete_dead": "DELETE FROM tasks WHERE id = ? AND state = 'dead'",
+}
+
+
+class Journal:
+    """A durable record of a queue's unfinished tasks in a SQLite file.
+
+    Args:
+        path: the journal file; created (mode 0600) if missing.
+        durability: ``"normal"`` (the default) survives the process being
+            killed: a commit is in the operating system's hands before
+            ``record_submit`` returns. ``"full"`` also survives a power cut
+            or an OS crash: every commit group is fsynced, which costs a
+            disk flush per group.
+        serializer: encodes and decodes task arguments: any object with
+            ``dumps(obj) -> str | bytes`` and ``loads(data) -> obj``. The
+            ``json`` module if None. Never pickle by default: whoever can
+            write the file could otherwise run code in the process.
+
+    Raises:
+        ValueError: ``durability`` is not one of :data:`DURABILITIES`.
+        TypeError: ``serializer`` lacks ``dumps`` or ``loads``.
+        JournalLocked: another journal (in this or another process) has the file open.
+        JournalError: the file is not a journal, is corrupt, is of a newer
+            schema version, or cannot be created or read.
+
+    The ``record_*`` methods are safe from any thread. Nothing written by
+    this class is ever interpreted as code: rows hold names, which the
+    queue looks up among its registered task functions.
+    """
+
+    schema_version = SCHEMA_VERSION
+    """The version this class writes; a subclass may raise it with :attr:`migrations`."""
+    migrations: Dict[int, Migration] = MIGRATIONS
+    """The upgrades this class runs on an older file (see :data:`MIGRATIONS`)."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], *, durability: str = "normal",
+                 serializer: Any = None) -> None:
+        check_durability(durability)
+        if serializer is None:
+            serializer = json
+        if not (callable(getattr(serializer, "dumps", None))
+                and callable(getattr(serializer, "loads", None))):
+            raise TypeError(f"serializer must have dumps() and loads(), got {serializer!r}")
+        self.path = os.fspath(path)
+        """The journal file's path, as given."""
+        self.durability = durability
+        """``"normal"`` or ``"full"``."""
+        self._serializer = serializer
+        self._cond = threading.Condition(threading.Lock())  # guards the queue of records
+        self._conn_lock = threading.Lock()  # one user of the connection at a time
+        self._close_lock = threading.Lock()
+        self._ops: Deque[_Op] = collections.deque()
+        self._closing = False
+        self._closed = False
+        self._commits = 0
+        self._conn = self._open()
+        self._writer = threading.Thread(target=self._write_loop, name=f"journal-{self.path}",
+                                        daemon=True)
+        self._writer.start()
+
+    # -- opening --------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        self._create_if_missing()
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=0)
+        except sqlite3.Error as exc:
+            raise self._error("cannot be opened", exc) from None
+        try:
+            self._claim_and_check(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_if_missing(self) -> None:
+        # Created here, not by SQLite, so that it is owner-only from birth:
+        # the -wal file SQLite makes later copies these permissions.
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot open or create the journal file: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise JournalError(f"{self.path} is not a regular file, so not a taskqueue journal")
+        finally:
+            os.close(fd)
+
+    def _claim_and_check(self, conn: sqlite3.Connection) -> None:
+        try:
+            # Exclusive locking mode: the lock taken by the first write
+            # transaction is held until the connection closes, so a second
+            # opener fails at once (timeout=0) instead of sharing the file.
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_and_migrate(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise JournalLocked(f"{self.path} is in use by another TaskQueue (in this or "
+                                    "another process); one process owns a journal at a time"
+                                    ) from None
+            raise self._error("cannot be read", exc) from None
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise JournalError(f"{self.path} is not a taskqueue journal "
+                                   "(not a SQLite database)") from None
+            raise self._error("is corrupt", exc) from None
+
+    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
+        # Runs inside the opening transaction: a failed check writes nothing.
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and version == 0 and tables == 0:
+            conn.execute(_SCHEMA_V1)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            version = 1
+        elif app_id != APPLICATION_ID:
+            raise JournalError(f"{self.path} is not a taskqueue journal (a SQLite database "
+                               "of another application); refusing to touch it")
+        elif version > self.schema_version:
+            raise JournalError(f"{self.path} has journal schema version {version}, newer than "
+                               f"this taskqueue understands ({self.schema_version}); "
+                               "upgrade taskqueue to open it")
+        else:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise JournalError(f"{self.path} is corrupt: {problems[0]}")
+        while version < self.schema_version:
+            migrate = self.migrations.get(version)
+            if migrate is None:
+                raise JournalError(f"{self.path} has journal schema version {version} and "
+                                   "there is no migration from it")
+            migrate(conn)
+            version += 1
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    def _error(self, what: str, exc: BaseException) -> JournalError:
+        return JournalError(f"{self.path} {what}: {exc}")
+
+    # -- encoding -------------------------------------------------------------
+
+    def encode(self, args: Any, kwargs: Dict[str, Any]) -> Tuple[Any, Any]:
+        """Encode a task's arguments with the serializer.
+
+        Raises:
+            TypeError: the serializer refused them (the message says why).
+        """
+        try:
+            return self._serializer.dumps(list(args)), self._serializer.dumps(dict(kwargs))
+        except Exception as exc:
+            raise TypeError(f"the task's arguments cannot be written to the journal "
+                            f"({type(exc).__name__}: {exc}); journaled tasks take arguments "
+                            "the journal's serializer accepts (JSON by default)") from None
+
+    # -- recording (any thread) ----------------------------------------------
+
+    def record_submit(self, task_id: str, name: str, args: Any, kwargs: Any,
+                      options: Dict[str, Any], due: Optional[float] = None) -> None:
+        """Write a new task and wait until it is committed.
+
+        Args:
+            args, kwargs: as returned by :meth:`encode`.
+            options: the task's own options, JSON values only.
+            due: for a delayed task, when it is due (epoch seconds).
+
+        Raises:
+            JournalError: the write failed, or the journal is closed.
+        """
+        waiter = _Waiter()
+        state = PENDING if due is None else SCHEDULED
+        row = (task_id, name, args, kwargs, json.dumps(options), state, due, time.time())
+        with self._cond:
+            if self._closing:
+                raise JournalError(f"{self.path} is closed")
+            self._ops.append(("submit", row, waiter))
+            self._cond.notify_all()
+            while not waiter.done:
+                self._cond.wait()
+        if waiter.error is not None:
+            raise JournalError(f"{self.path}: could not record the task: {waiter.error}")
+
+    def record_started(self, task_id: str, attempts: int) -> None:
+        """Note that an attempt started (``running`` if the process stops now)."""
+        self._put("started", (attempts, task_id))
+
+    def record_done(self, task_id: str) -> None:
+        """Forget a task that ended well, was cancelled, or was not accepted."""
+        self._put("delete", (task_id,))
+
+    def record_retry(self, task_id: str, attempts: int, due: float) -> None:
+        """Note that a task waits for another attempt, due at ``due`` (epoch seconds)."""
+        state = SCHEDULED if due > time.time() else PENDING
+        self._put("retry", (state, attempts, due, task_id))
+
+    def record_dead(self, task_id: str, attempts: int, error: str, traceback: str,
+                    failed_at: float) -> None:
+        """Keep a task that failed for good as a dead letter."""
+        self._put("dead", (attempts, error, traceback, failed_at, task_id))
+
+    def forget_dead(self, task_id: str) -> None:
+        """Delete a dead letter (it was requeued or purged)."""
+        self._put("delete_dead", (task_id,))
+
+    def _put(self, kind: str, params: Tuple[Any, ...]) -> None:
+        with self._cond:
+            if self._closing:
+                return  # after close: the task will simply be resumed next time
+            self._ops.append((kind, params, None))
+            self._cond.notify_all()
+
+    # -- reading --------------------------------------------------------------
+
+    def recover(self) -> List[Row]:
+        """Return every task in the journal, oldest submission first.
+
+        Call it before recording anything new (the queue does, at start).
+
+        Raises:
+            JournalError: the file could not be read, or a row cannot be decoded.
+        """
+        return list(self._rows("SELECT * FROM tasks ORDER BY submitted_at, rowid"))
+
+    def _rows(self, sql: str, params: Tuple[Any, ...] = ()) -> Iterator[Row]:
+        self.flush()
+        with self._conn_lock:
+            try:
+                raw = self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error("cannot be read", exc) from None
+        for values in raw:
+            try:
+                args = self._serializer.loads(values[2])
+                kwargs = self._serializer.loads(values[3])
+                options = json.loads(values[4])
+            except Exception as exc:
+                raise JournalError(f"{self.path}: task {values[0]} cannot be decoded: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            yield Row(values[0], values[1], args, kwargs, options, *values[5:])
+
+    def counts(self) -> Dict[str, int]:
+        """Return how many tasks are in each state (every state present, 0 if none)."""
+        self.flush()
+        with self._conn_lock:
+            try:
+                found = dict(self._conn.execute(
+                    "SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+            except sqlite3.Error as exc:
+                raise self._error("cannot be read", exc) from None
+        return {state: found.get(state, 0) for state in STATES}
+
+    def dead(self, name: Optional[str] = None) -> List[Row]:
+        """Return the dead letters, oldest failure first; only ``name``'s if given."""
+        sql = "SELECT * FROM tasks WHERE state = 'dead'"
+        if name is None:
+            return list(self._rows(sql + " ORDER BY failed_at, rowid"))
+        return list(self._rows(sql + " AND name = ? ORDER BY failed_at, rowid", (name,)))
+
+    def requeue_dead(self, name: Optional[str] = None) -> int:
+        """Turn dead letters (only ``name``'s if given) back into pending tasks.
+
+        Their attempts start again from 0. Returns how many.
+        """
+        sql = ("UPDATE tasks SET state = 'pending', attempts = 0, error = NULL, "
+               "traceback = NULL, failed_at = NULL, due = NULL WHERE state = 'dead'")
+        if name is None:
+            return self._change(sql, ())
+        return self._change(sql + " AND name = ?", (name,))
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter. Returns how many."""
+        return self._change("DELETE FROM tasks WHERE state = 'dead'", ())
+
+    def _change(self, sql: str, params: Tuple[Any, ...]) -> int:
+        self.flush()
+        with self._conn_lock:
+            try:
+                changed = self._conn.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                raise self._error("cannot be written", exc) from None
+        return int(changed)
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions the writer has committed (for tests and tuning)."""
+        return self._commits
+
+    # -- the writer thread ----------------------------------------------------
+
+    def flush(self) -> None:
+        """Wait until everything recorded so far is committed."""
+        with self._cond:
+            if self._closed:
+                raise JournalError(f"{self.path} is closed")
+            waiter = _Waiter()
+            self._ops.append(("flush", (), waiter))
+            self._cond.notify_all()
+            while not waiter.done:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Commit everything recorded so far, stop the writer and close the file.
+
+        Idempotent. Records made after this are dropped (their tasks are
+        resumed the next time the journal is opened).
+        """
+        with self._close_lock:  # a second caller returns only once the file is closed
+            with self._cond:
+                if self._closing and self._closed:
+                    return
+                self._closing = True
+                self._cond.notify_all()
+            self._writer.join()
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:  # pragma: no cover - nothing left to lose
+                log.error("closing journal %s: %s", self.path, exc)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing
+
+    def _write_loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._ops and not self._closing:
+                    cond.wait()
+                if not self._ops:
+                    self._closed = True
+                    cond.notify_all()
+                    return
+                batch = list(self._ops)
+                self._ops.clear()
+            # Outside the queue's lock: submitters keep queuing the next
+            # batch while this one commits.
+            with self._conn_lock:
+                errors = self._commit(batch)
+            with cond:
+                for index, (_, _, waiter) in enumerate(batch):
+                    if waiter is not None:
+                        waiter.error = errors.get(index)
+                        waiter.done = True
+                cond.notify_all()
+
+    def _commit(self, batch: List[_Op]) -> Dict[int, BaseException]:
+        # One transaction for the whole batch. Should it fail, each record
+        # is tried in a transaction of its own, so that one bad record does
+        # not take the others down; each waiter learns its own outcome.
+        writes = [(i, op) for i, op in enumerate(batch) if op[0] != "flush"]
+        if not writes:
+            return {}
+        try:
+            self._transaction([op for _, op in writes])
+            return {}
+        except Exception as exc:
+            log.error("journal %s: a group commit failed (%s); writing its records one by one",
+                      self.path, exc)
+        errors: Dict[int, BaseException] = {}
+        for index, op in writes:
+            try:
+                self._transaction([op])
+            except Exception as exc:
+                log.error("journal %s: could not write a %s record: %s", self.path, op[0], exc)
+                errors[index] = exc
+        return errors
+
+    def _transaction(self, ops: List[_Op]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for kind, params, _ in ops:
+                conn.execute(_SQL[kind], params)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path!r} durability={self.durability}{' closed' if self._closing else ''}>"

@@ -1,0 +1,605 @@
+"""Tests of the durable journal: the file, its checks, group commit, and a journaled queue."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from taskqueue import Backoff, JournalError, JournalLocked, TaskQueue
+from taskqueue.journal import APPLICATION_ID, SCHEMA_VERSION, Journal
+
+from conftest import WAIT
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "tasks.db")
+
+
+@pytest.fixture
+def journals() -> Iterator[Callable[..., Journal]]:
+    """A factory of Journals, each closed afterwards."""
+    made: List[Journal] = []
+
+    def make(*args: Any, **kwargs: Any) -> Journal:
+        journal = Journal(*args, **kwargs)
+        made.append(journal)
+        return journal
+
+    yield make
+    for journal in made:
+        journal.close()
+
+
+def row_count(path: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- the file ---------------------------------------------------------------------------
+
+def test_a_new_journal_is_owner_only_and_marked_with_id_and_version(path: str, journals: Any) -> None:
+    journals(path).close()
+
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_an_existing_empty_file_becomes_a_journal(path: str, journals: Any) -> None:
+    Path(path).touch()
+    journals(path).close()
+    assert row_count(path) == 0
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 100, b"\x00" * 4096])
+def test_a_file_that_is_not_a_database_is_refused_untouched(path: str, content: bytes) -> None:
+    Path(path).write_bytes(content)
+
+    with pytest.raises(JournalError, match="not a taskqueue journal") as caught:
+        Journal(path)
+
+    assert path in str(caught.value)
+    assert Path(path).read_bytes() == content
+    assert not os.path.exists(path + "-wal")
+
+
+def test_a_sqlite_database_of_another_application_is_refused_untouched(path: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = Path(path).read_bytes()
+
+    with pytest.raises(JournalError, match="not a taskqueue journal") as caught:
+        Journal(path)
+
+    assert path in str(caught.value)
+    assert Path(path).read_bytes() == before
+
+
+def test_a_newer_schema_version_is_refused_untouched(path: str) -> None:
+    Journal(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = Path(path).read_bytes()
+
+    with pytest.raises(JournalError, match="newer") as caught:
+        Journal(path)
+
+    assert path in str(caught.value)
+    assert Path(path).read_bytes() == before
+
+
+def test_a_corrupt_journal_is_refused_with_the_file_named(path: str) -> None:
+    # Given a journal with enough rows to span several pages
+    journal = Journal(path)
+    for index in range(200):
+        journal.record_submit(f"id{index}", "t", "[]", "{}", {"pad": "x" * 100})
+    journal.close()
+    # When a page in the middle is overwritten with garbage
+    data = bytearray(Path(path).read_bytes())
+    page = 4096
+    data[2 * page:3 * page] = b"\xff" * page
+    Path(path).write_bytes(bytes(data))
+
+    # Then opening it fails clearly, naming the file, and changes nothing
+    with pytest.raises(JournalError) as caught:
+        Journal(path)
+    assert path in str(caught.value)
+    assert Path(path).read_bytes() == bytes(data)
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(JournalError) as caught:
+        Journal(str(tmp_path))
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_older_schema_versions_are_migrated_in_order(path: str, journals: Any) -> None:
+    # Version 1 is the first schema, so the real list of migrations is
+    # empty; a subclass shows the machinery upgrading a version-1 file.
+    Journal(path).close()
+    ran: List[int] = []
+
+    def to_v2(conn: sqlite3.Connection) -> None:
+        ran.append(1)
+        conn.execute("CREATE INDEX tasks_by_state ON tasks (state)")
+
+    def to_v3(conn: sqlite3.Connection) -> None:
+        ran.append(2)
+        conn.execute("ALTER TABLE tasks ADD COLUMN note TEXT")
+
+    class Newer(Journal):
+        schema_version = 3
+        migrations = {1: to_v2, 2: to_v3}
+
+    journals = Newer(path)
+    journals.close()
+
+    assert ran == [1, 2]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert "note" in [c[1] for c in conn.execute("PRAGMA table_info(tasks)")]
+    conn.close()
+    # and the older code now refuses the upgraded file
+    with pytest.raises(JournalError, match="newer"):
+        Journal(path)
+
+
+def test_a_failed_migration_leaves_the_file_at_its_version(path: str) -> None:
+    Journal(path).close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE halfway (x)")
+        raise sqlite3.OperationalError("disk trouble")
+
+    class Newer(Journal):
+        schema_version = 2
+        migrations = {1: broken}
+
+    with pytest.raises(JournalError) as caught:
+        Newer(path)
+    assert path in str(caught.value)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name='halfway'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_second_journal_on_the_same_file_is_locked_out(path: str, journals: Any) -> None:
+    journals(path)
+
+    with pytest.raises(JournalLocked) as caught:
+        Journal(path)
+
+    assert path in str(caught.value)
+
+
+def test_the_lock_is_released_on_close(path: str, journals: Any) -> None:
+    journals(path).close()
+    journals(path).close()
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_both_durabilities_keep_what_was_recorded(path: str, durability: str) -> None:
+    journal = Journal(path, durability=durability)
+    journal.record_submit("a", "t", "[1]", "{}", {})
+    journal.close()
+
+    reopened = Journal(path, durability=durability)
+    assert [row.id for row in reopened.recover()] == ["a"]
+    reopened.close()
+
+
+def test_a_bad_durability_is_refused_by_name(path: str) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        Journal(path, durability="sometimes")
+    with pytest.raises(ValueError, match="durability"):
+        TaskQueue(durability="sometimes")
+
+
+def test_a_serializer_needs_dumps_and_loads(path: str) -> None:
+    with pytest.raises(TypeError, match="serializer"):
+        Journal(path, serializer=object())
+
+
+# -- group commit -------------------------------------------------------------------------
+
+def test_concurrent_submitters_share_transactions(path: str, journals: Any) -> None:
+    journal = journals(path)
+    threads, each = 8, 200
+    start = threading.Barrier(threads)
+
+    def submit(worker: int) -> None:
+        start.wait(WAIT)
+        for index in range(each):
+            journal.record_submit(f"{worker}-{index}", "t", "[]", "{}", {})
+
+    pool = [threading.Thread(target=submit, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(WAIT)
+
+    assert len(journal.recover()) == threads * each
+    assert journal.commits < threads * each
+
+
+def test_records_change_the_state_of_a_row(path: str, journals: Any) -> None:
+    journal = journals(path)
+    journal.record_submit("a", "t", "[]", "{}", {})
+    journal.record_submit("b", "t", "[]", "{}", {})
+    journal.record_submit("c", "t", "[]", "{}", {})
+
+    journal.record_started("a", 1)
+    journal.record_retry("b", 1, time.time() + 60)
+    journal.record_dead("c", 3, "ValueError: boom", "Traceback ...", 1.5)
+
+    rows = {row.id: row for row in journal.recover()}
+    assert (rows["a"].state, rows["a"].attempts) == ("running", 1)
+    assert rows["b"].state == "scheduled" and rows["b"].due > time.time()
+    assert (rows["c"].state, rows["c"].error, rows["c"].failed_at) == ("dead", "ValueError: boom", 1.5)
+    assert journal.counts() == {"pending": 0, "scheduled": 1, "running": 1, "dead": 1}
+    journal.record_done("a")
+    journal.forget_dead("c")
+    assert [row.id for row in journal.recover()] == ["b"]
+
+
+def test_requeue_and_purge_dead(path: str, journals: Any) -> None:
+    journal = journals(path)
+    for name in ("x", "y", "y"):
+        task_id = f"{name}{journal.counts()['dead']}"
+        journal.record_submit(task_id, name, "[]", "{}", {})
+        journal.record_dead(task_id, 2, "E: e", "", 1.0)
+
+    assert journal.requeue_dead("y") == 2
+    assert journal.counts()["pending"] == 2
+    assert all(row.attempts == 0 for row in journal.recover() if row.state == "pending")
+    assert journal.purge_dead() == 1
+    assert journal.counts() == {"pending": 2, "scheduled": 0, "running": 0, "dead": 0}
+
+
+def test_records_after_close_are_dropped_quietly(path: str) -> None:
+    journal = Journal(path)
+    journal.close()
+    journal.record_done("nothing")  # a late worker outcome: no error
+    with pytest.raises(JournalError, match="closed"):
+        journal.record_submit("a", "t", "[]", "{}", {})
+    journal.close()  # idempotent
+
+
+# -- a journaled queue --------------------------------------------------------------------
+
+@pytest.fixture
+def journaled(path: str, make_queue: Callable[..., TaskQueue]) -> Callable[..., TaskQueue]:
+    def make(**kwargs: Any) -> TaskQueue:
+        kwargs.setdefault("workers", 2)
+        return make_queue(journal=path, **kwargs)
+    return make
+
+
+def test_submit_returns_with_the_task_on_disk(path: str, journaled: Any) -> None:
+    queue = journaled()
+    release = threading.Event()
+
+    @queue.task
+    def hold(x: int) -> int:
+        release.wait(WAIT)
+        return x
+
+    handles = [hold.submit(i) for i in range(3)]
+
+    conn = sqlite3.connect(path, timeout=0)
+    with pytest.raises(sqlite3.OperationalError):  # locked: only the queue may read it
+        conn.execute("SELECT count(*) FROM tasks").fetchone()
+    conn.close()
+    assert queue._journal is not None and len(queue._journal.recover()) == 3
+    assert all(len(h.id) == 32 for h in handles)
+    release.set()
+    assert [h.result(WAIT) for h in handles] == [0, 1, 2]
+    queue.shutdown()
+    assert row_count(path) == 0
+
+
+def test_a_non_json_argument_is_refused_and_nothing_is_written(path: str, journaled: Any) -> None:
+    queue = journaled()
+
+    @queue.task
+    def job(x: Any) -> None:
+        pass
+
+    job.submit(1).result(WAIT)
+    with pytest.raises(TypeError, match="JSON"):
+        job.submit(object())
+    with pytest.raises(TypeError, match="JSON"):
+        job.submit(1, when=object())
+    queue.shutdown()
+    assert row_count(path) == 0
+    assert queue.stats().submitted == 1
+
+
+def test_only_registered_task_functions_are_accepted(path: str, journaled: Any) -> None:
+    queue = journaled()
+    other = TaskQueue(workers=1)
+
+    @other.task
+    def elsewhere() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="@queue.task"):
+        queue.submit(print, "x")
+    with pytest.raises(TypeError, match="@queue.task"):
+        queue.submit(elsewhere.task())
+    with pytest.raises(TypeError, match="@queue.task"):
+        queue.submit(lambda: None)
+    other.shutdown()
+    queue.shutdown()
+    assert row_count(path) == 0
+
+
+def test_retry_on_for_one_submission_is_refused(path: str, journaled: Any) -> None:
+    queue = journaled()
+
+    @queue.task(retry_on=ValueError)
+    def job() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="retry_on"):
+        job.options(retry_on=KeyError).submit()
+
+
+def test_a_custom_serializer_is_used(path: str, journaled: Any) -> None:
+    class Reversed:
+        import json as _json
+
+        @classmethod
+        def dumps(cls, obj: Any) -> str:
+            return cls._json.dumps(obj)[::-1]
+
+        @classmethod
+        def loads(cls, data: str) -> Any:
+            return cls._json.loads(data[::-1])
+
+    queue = journaled(serializer=Reversed)
+
+    @queue.task
+    def echo(x: Any) -> Any:
+        return x
+
+    assert echo.submit({"a": [1, 2]}).result(WAIT) == {"a": [1, 2]}
+
+
+def test_a_second_queue_on_the_same_file_is_locked_out(path: str, journaled: Any) -> None:
+    journaled()
+    with pytest.raises(JournalLocked) as caught:
+        TaskQueue(journal=path)
+    assert path in str(caught.value)
+
+
+def test_an_unstarted_queue_releases_the_journal_on_shutdown(path: str) -> None:
+    TaskQueue(journal=path).shutdown()
+    TaskQueue(journal=path).shutdown()
+
+
+def cancel_the_backlog(queue: TaskQueue, started: threading.Event,
+                       release: threading.Event) -> None:
+    """Shut ``queue`` down cancelling what has not started, once the held task runs."""
+    assert started.wait(WAIT)
+    queue.shutdown(wait=False, cancel_futures=True)  # cancels at once, before returning
+    release.set()
+    queue.shutdown()
+
+
+def run_to_end(path: str, setup: Callable[[TaskQueue], Any], **kwargs: Any) -> TaskQueue:
+    """A queue on ``path`` that recovers, runs everything and shuts down."""
+    queue = TaskQueue(journal=path, workers=2, **kwargs)
+    setup(queue)
+    queue.start()
+    assert queue.join(WAIT)
+    queue.shutdown()
+    return queue
+
+
+def test_pending_tasks_left_by_a_shutdown_that_cancelled_run_on_the_next_start(path: str) -> None:
+    # Given a queue whose only worker is busy, with tasks queued behind it
+    ran: List[int] = []
+    started, release = threading.Event(), threading.Event()
+    queue = TaskQueue(journal=path, workers=1)
+
+    @queue.task(name="job")
+    def job(x: int) -> None:
+        if x == 0:
+            started.set()
+            release.wait(WAIT)
+        ran.append(x)
+
+    first = job.submit(0)
+    rest = [job.submit(x) for x in (1, 2, 3)]
+    # When it shuts down cancelling what has not started
+    cancel_the_backlog(queue, started, release)
+    assert first.result(WAIT) is None and all(h.cancelled() for h in rest)
+
+    # Then the next queue on the journal runs them, and keeps their ids
+    def setup(queue: TaskQueue) -> None:
+        queue.task(name="job")(lambda x: ran.append(x))
+
+    second = run_to_end(path, setup)
+    assert sorted(ran) == [0, 1, 2, 3]
+    assert second.recovered == 3
+    assert row_count(path) == 0
+
+
+def test_a_task_cancelled_by_hand_is_forgotten(path: str, journaled: Any) -> None:
+    queue = journaled()
+
+    @queue.task
+    def later() -> None:
+        pass
+
+    handle = later.options(delay=60).submit()
+    assert handle.cancel()
+    queue.shutdown()
+    assert row_count(path) == 0
+
+
+def test_delays_and_retries_keep_their_due_times_across_a_restart(path: str) -> None:
+    # Given a delayed task and one waiting for a retry, recorded 30 s ahead
+    queue = TaskQueue(journal=path, workers=1, retries=1, backoff=Backoff(base=30, jitter=False))
+    retrying = threading.Event()
+    queue.add_listener(lambda event: event.kind.value == "retrying" and retrying.set())
+
+    @queue.task(name="flaky")
+    def flaky() -> None:
+        raise OSError("down")
+
+    @queue.task(name="later")
+    def later() -> None:
+        pass
+
+    later.options(delay=30).submit()
+    flaky.submit()
+    assert retrying.wait(WAIT)  # the retry is recorded before the event
+    queue.shutdown(cancel_futures=True)
+    before = time.time()
+
+    # When a new queue starts on the journal
+    second = TaskQueue(journal=path, workers=1)
+    second.task(name="flaky")(lambda: None)
+    second.task(name="later")(lambda: None)
+    second.start()
+    try:
+        # Then both wait, scheduled, for what is left of their 30 s
+        assert second.recovered == 2
+        rows = {row.name: row for row in second._journal.recover()}  # type: ignore[union-attr]
+        for row in rows.values():
+            assert row.state == "scheduled"
+            assert before + 20 < row.due < before + 31
+        assert rows["flaky"].attempts == 1
+        assert not second.join(timeout=0.2)  # not run early
+    finally:
+        second.shutdown(cancel_futures=True)
+
+
+def test_dead_letters_survive_a_restart_and_can_be_requeued(path: str) -> None:
+    queue = TaskQueue(journal=path, workers=1)
+
+    @queue.task(name="boom")
+    def boom(x: int) -> None:
+        raise ValueError(f"boom {x}")
+
+    handle = boom.submit(7)
+    with pytest.raises(ValueError):
+        handle.result(WAIT)
+    queue.shutdown()
+
+    ran: List[int] = []
+    second = TaskQueue(journal=path, workers=1)
+    second.task(name="boom")(lambda x: ran.append(x))
+    second.start()
+    try:
+        [letter] = second.dead_letters()
+        assert letter.task_id == handle.id
+        assert letter.task.args == (7,)
+        assert "ValueError: boom 7" in str(letter.exception)
+        assert "ValueError" in letter.traceback
+        assert second.recovered == 0
+        second.requeue(letter).result(WAIT)
+        assert ran == [7]
+    finally:
+        second.shutdown()
+    assert row_count(path) == 0
+
+
+def test_an_unregistered_name_becomes_a_dead_letter_and_the_rest_run(path: str) -> None:
+    # Given a journal holding tasks of two functions
+    queue = TaskQueue(journal=path, workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    @queue.task(name="kept")
+    def kept(x: int) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    @queue.task(name="gone")
+    def gone(x: int) -> None:
+        pass
+
+    kept.submit(0)
+    gone.submit(1)
+    kept.submit(2)
+    cancel_the_backlog(queue, started, release)
+
+    # When the next run registers only one of them
+    ran: List[int] = []
+    second = run_to_end(path, lambda q: q.task(name="kept")(lambda x: ran.append(x)))
+
+    # Then the other becomes a dead letter with a clear reason, kept on disk
+    assert ran == [2]
+    [letter] = second.dead_letters()
+    assert isinstance(letter.exception, JournalError)
+    assert "no task function named 'gone' is registered" in str(letter.exception)
+    assert "@queue.task" in str(letter.exception)
+    assert letter.task.args == (1,)
+    third = TaskQueue(journal=path)
+    try:
+        assert third._journal is not None
+        assert [row.name for row in third._journal.dead()] == ["gone"]
+    finally:
+        third.shutdown()
+
+
+def test_options_and_keys_come_back(path: str) -> None:
+    queue = TaskQueue(journal=path, workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    @queue.task(name="hold")
+    def hold() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    @queue.task(name="job", retries=4)
+    def job(x: Any) -> None:
+        pass
+
+    hold.submit()
+    job.options(priority=5, key="k1", backoff=Backoff(base=0.01)).submit((1, 2))
+    cancel_the_backlog(queue, started, release)
+
+    seen: Dict[str, Any] = {}
+    second = TaskQueue(journal=path, workers=1)
+    gate = threading.Event()
+
+    @second.task(name="job", retries=4)
+    def job2(x: Any) -> None:
+        gate.wait(WAIT)
+        seen["x"] = x
+
+    second.task(name="hold")(lambda: None)
+    second.start()
+    try:
+        # the key is held by the resumed task: a new submission gets its handle
+        again = job2.options(key="k1").submit("other")
+        assert again.id in {row.id for row in second._journal.recover()}  # type: ignore[union-attr]
+        gate.set()
+        again.result(WAIT)
+        assert seen["x"] == [1, 2]  # tuples come back as lists
+    finally:
+        gate.set()
+        second.shutdown()
