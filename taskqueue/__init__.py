@@ -19,6 +19,7 @@ from .deadletter import DeadLetter
 from .errors import (JournalError, JournalLocked, QueueClosed, QueueFull, Retry, TaskQueueError,
                      TimeLimitExceeded)
 from .events import Event, EventKind
+from .journal import Journal
 from .periodic import Periodic
 from .pool import TaskQueue
 from .registry import TaskFunction
@@ -55,6 +56,7 @@ __all__ = [
     "QueueClosed",
     "TimeLimitExceeded",
     # Journal
+    "Journal",
     "JournalError",
     "JournalLocked",
 ]

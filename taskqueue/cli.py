@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import sys
+import time
 from typing import Callable, Iterator, List, Optional
 
+from . import Journal, JournalError
 from .demo import BACKOFF, LATENCY, RETRIES, run_demo
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -150,8 +152,113 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.bookings, args.workers, args.failure_rate, args.seed)
 
 
+# -- journal ----------------------------------------------------------------
+
+JOURNAL_DESCRIPTION = """\
+Look into a taskqueue journal file (TaskQueue(journal=PATH)) while its
+program is not running, and act on its dead letters.
+
+Without an action, print how many tasks are pending, scheduled (a delay or a
+retry), running when the program stopped (they run again on its next start)
+and dead. --dead lists the dead letters with their errors.
+
+requeue-dead turns dead letters (only --name's, if given) back into pending
+tasks, their attempts counted from zero: they run on the program's next
+start. purge-dead deletes every dead letter. Both change the file: on a
+terminal they ask for --yes.
+
+A missing, locked (the program is running) or invalid file is an error
+(exit status 2).
+"""
+
+REQUEUE, PURGE = "requeue-dead", "purge-dead"
+
+
+def _add_journal(commands: argparse._SubParsersAction) -> None:
+    journal = commands.add_parser(
+        "journal",
+        help="summarise a journal file, list, requeue or purge its dead letters",
+        description=JOURNAL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    journal.add_argument("path", metavar="PATH", help="the journal file")
+    journal.add_argument("action", nargs="?", choices=[REQUEUE, PURGE], default=None,
+                         metavar="ACTION", help=f"{REQUEUE} or {PURGE} (default: a summary)")
+    journal.add_argument("--dead", action="store_true",
+                         help="list the dead letters with their errors")
+    journal.add_argument("--name", default=None, metavar="NAME",
+                         help="only the dead letters of this task function (--dead, requeue-dead)")
+    journal.add_argument("--yes", action="store_true",
+                         help="confirm requeue-dead or purge-dead (needed on a terminal)")
+    _add_log_level(journal)
+    journal.set_defaults(run=_run_journal)
+
+
+def _run_journal(args: argparse.Namespace) -> int:
+    prog = f"{PROG} journal"
+    if args.action is not None and args.dead:
+        return _journal_error(prog, f"--dead lists dead letters; it does not go with {args.action}")
+    if args.name is not None and args.action == PURGE:
+        return _journal_error(prog, "--name does not go with purge-dead, which purges them all")
+    if args.action is not None and not args.yes and _is_terminal(sys.stdout):
+        return _journal_error(prog, f"{args.action} changes {args.path}; pass --yes to confirm")
+    if not os.path.isfile(args.path):
+        return _journal_error(prog, f"{args.path}: no such journal file")
+    try:
+        journal = Journal(args.path)
+    except JournalError as exc:
+        return _journal_error(prog, str(exc))
+    try:
+        if args.action == REQUEUE:
+            count = journal.requeue_dead(args.name)
+            print(f"requeued {count} dead letter(s) in {args.path}; "
+                  "they run when the program starts again")
+        elif args.action == PURGE:
+            print(f"purged {journal.purge_dead()} dead letter(s) from {args.path}")
+        elif args.dead:
+            _print_dead(journal, args.name)
+        else:
+            _print_summary(journal)
+    except JournalError as exc:
+        return _journal_error(prog, str(exc))
+    finally:
+        journal.close()
+    return EXIT_OK
+
+
+def _print_summary(journal: Journal) -> None:
+    counts = journal.counts()
+    print(f"journal {journal.path}")
+    for label, state in [("pending", "pending"), ("scheduled", "scheduled"),
+                         ("running-at-crash", "running"), ("dead", "dead")]:
+        print(f"  {label:<17} {counts[state]}")
+
+
+def _print_dead(journal: Journal, name: Optional[str]) -> None:
+    letters = journal.dead(name)
+    print(f"{len(letters)} dead letter(s) in {journal.path}")
+    for row in letters:
+        failed = "?" if row.failed_at is None else time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at))
+        print(f"  {row.id}  {row.name}  {row.attempts} attempt(s)  failed {failed}")
+        print(f"    {row.error}")
+
+
+def _journal_error(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
 COMMANDS = {
     "demo": _add_demo,
+    "journal": _add_journal,
 }
 """Each command's name and the function that adds its parser."""
 

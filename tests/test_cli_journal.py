@@ -1,0 +1,169 @@
+"""Tests of ``python -m taskqueue journal``: the summary, dead letters, requeue, purge, errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from taskqueue import Journal, TaskQueue
+from taskqueue.cli import EXIT_OK, EXIT_USAGE, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def journal_file(tmp_path: Path) -> str:
+    """A journal with 2 pending, 1 scheduled, 1 running (at a crash) and 3 dead tasks."""
+    path = str(tmp_path / "tasks.db")
+    journal = Journal(path)
+    for index in range(7):
+        journal.record_submit(f"t{index}", "mail" if index < 5 else "sms", "[1]", "{}", {})
+    journal.record_retry("t2", 1, 4_000_000_000.0)
+    journal.record_started("t3", 1)
+    for task_id in ("t4", "t5", "t6"):
+        journal.record_dead(task_id, 4, f"ValueError: bad {task_id}", "Traceback ...", 1_700_000_000.0)
+    journal.close()
+    return path
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run(argv: List[str], capsys: pytest.CaptureFixture[str]) -> tuple:
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_summary_counts_every_state(journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(["journal", journal_file], capsys)
+
+    assert (status, err) == (EXIT_OK, "")
+    assert journal_file in out
+    lines = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:]}
+    assert lines == {"pending": 2, "scheduled": 1, "running-at-crash": 1, "dead": 3}
+
+
+def test_dead_lists_the_dead_letters_with_their_errors(
+        journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["journal", journal_file, "--dead"], capsys)
+    assert status == EXIT_OK
+    assert out.startswith("3 dead letter(s)")
+    for task_id in ("t4", "t5", "t6"):
+        assert task_id in out and f"ValueError: bad {task_id}" in out
+
+    status, out, _ = run(["journal", journal_file, "--dead", "--name", "sms"], capsys)
+    assert out.startswith("2 dead letter(s)") and "t4" not in out
+
+
+def test_requeue_dead_by_name_makes_them_pending_again(
+        journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["journal", journal_file, "requeue-dead", "--name", "sms"], capsys)
+
+    assert status == EXIT_OK and "requeued 2" in out
+    journal = Journal(journal_file)
+    try:
+        assert journal.counts() == {"pending": 4, "scheduled": 1, "running": 1, "dead": 1}
+        assert {row.attempts for row in journal.recover() if row.name == "sms"} == {0}
+    finally:
+        journal.close()
+
+
+def test_requeued_dead_letters_run_on_the_next_start(
+        journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["journal", journal_file, "requeue-dead"], capsys)[0] == EXIT_OK
+    ran: List[object] = []
+    all_ran = threading.Event()
+
+    def record(x: object) -> None:
+        ran.append(x)
+        if len(ran) == 6:  # all but the one scheduled far ahead
+            all_ran.set()
+
+    queue = TaskQueue(journal=journal_file, workers=1)
+    queue.task(name="mail")(record)
+    queue.task(name="sms", retries=0)(record)
+    queue.start()
+    try:
+        assert all_ran.wait(20)
+        assert queue.recovered == 7 and queue.dead_letters() == []
+    finally:
+        queue.shutdown(cancel_futures=True)
+
+
+def test_purge_dead_deletes_them_all(journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["journal", journal_file, "purge-dead"], capsys)
+    assert status == EXIT_OK and "purged 3" in out
+    assert run(["journal", journal_file], capsys)[1].splitlines()[-1].split() == ["dead", "0"]
+
+
+@pytest.mark.parametrize("action", ["requeue-dead", "purge-dead"])
+def test_on_a_terminal_changes_need_yes(journal_file: str, action: str,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+
+    status = main(["journal", journal_file, action])
+
+    err = capsys.readouterr().err
+    assert status == EXIT_USAGE
+    assert err.count("\n") == 1 and "--yes" in err
+    assert main(["journal", journal_file, action, "--yes"]) == EXIT_OK
+    assert "3 dead letter(s)" in terminal.getvalue()
+
+
+def test_a_missing_file_is_an_error_and_is_not_created(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.db"
+    status, out, err = run(["journal", str(missing)], capsys)
+    assert status == EXIT_USAGE and out == ""
+    assert err.count("\n") == 1 and str(missing) in err
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("content", [b"not a journal at all", b""])
+def test_an_invalid_file_is_an_error_and_is_left_as_it_was(
+        tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "other"
+    path.write_bytes(content)
+    status, out, err = run(["journal", str(path)], capsys)
+    if content:
+        assert status == EXIT_USAGE and out == ""
+        assert err.count("\n") == 1 and str(path) in err and "not a taskqueue journal" in err
+        assert path.read_bytes() == content
+    else:  # an empty file is an empty journal
+        assert status == EXIT_OK
+
+
+def test_a_journal_in_use_is_an_error(journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    queue = TaskQueue(journal=journal_file)
+    try:
+        status, _, err = run(["journal", journal_file], capsys)
+    finally:
+        queue.shutdown()
+    assert status == EXIT_USAGE
+    assert err.count("\n") == 1 and "in use" in err and journal_file in err
+
+
+def test_dead_and_an_action_do_not_go_together(journal_file: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["journal", journal_file, "purge-dead", "--dead"], capsys)
+    assert status == EXIT_USAGE and err.count("\n") == 1
+
+
+def test_the_command_runs_as_a_module_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "taskqueue", "journal", str(tmp_path / "x")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "no such journal file" in result.stderr
