@@ -144,12 +144,20 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=_integer, default=None, metavar="N",
                       help="seed for the simulated failures and delays, to repeat a run "
                            "(default: a random seed, printed at the start)")
+    demo.add_argument("--journal", default=None, metavar="PATH",
+                      help="keep the queue's tasks in this journal file: kill the demo "
+                           "(Ctrl-C, kill -9) and run it again with the same file to see "
+                           "the unfinished emails sent")
     _add_log_level(demo)
     demo.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    return run_demo(args.bookings, args.workers, args.failure_rate, args.seed)
+    try:
+        return run_demo(args.bookings, args.workers, args.failure_rate, args.seed,
+                        journal=args.journal)
+    except JournalError as exc:
+        return _journal_error(f"{PROG} demo", str(exc))
 
 
 # -- journal ----------------------------------------------------------------

@@ -249,28 +249,49 @@ class DemoResult:
 
 
 def simulate(bookings: int, workers: int, failure_rate: float, seed: int, *,
-             out: TextIO, tty: bool) -> DemoResult:
+             out: TextIO, tty: bool, journal: Optional[str] = None) -> DemoResult:
     """Submit one confirmation email per booking and wait for all of them.
 
     The progress display goes to ``out``. If anything interrupts the wait
     (Ctrl-C raising ``KeyboardInterrupt``, a closed pipe), the tasks not yet
     started are cancelled and the workers stopped before the error goes on.
 
+    With ``journal`` (a file path) the queue is journaled: a run that was
+    interrupted (Ctrl-C, ``kill -9``) leaves its unfinished emails in the
+    file, and the next run with the same file sends those instead of new
+    bookings. How many were recovered is printed to ``out``.
+
     Raises:
         ValueError: ``bookings`` < 1, or another argument is out of range.
+        JournalError: the journal file cannot be used (JournalLocked: it is in use).
     """
     if bookings < 1:
         raise ValueError(f"bookings must be >= 1, got {bookings!r}")
     service = FakeMailService(failure_rate, seed)
     tally = Tally()
     queue = TaskQueue(workers=workers, name="booking-demo", retries=RETRIES,
-                      backoff=BACKOFF, retry_on=MailServerError, rng=random.Random(seed))
+                      backoff=BACKOFF, retry_on=MailServerError, rng=random.Random(seed),
+                      journal=journal)
+    # A journaled queue runs registered task functions only: the next run
+    # finds the function again by this name.
+    send = queue.task(service.send_confirmation, name="send_confirmation")
     queue.add_listener(tally)
+    new_bookings = range(1, bookings + 1)
+    if journal is not None:
+        queue.start()  # reads back what an earlier run left unfinished
+        if queue.recovered:
+            bookings, new_bookings = queue.recovered, range(0)
+            out.write(f"Recovered {queue.recovered} unfinished email(s) from {journal}; "
+                      "sending those instead of new bookings\n")
+        else:
+            out.write(f"Nothing to recover from {journal}; interrupt this run (Ctrl-C, "
+                      "kill -9) and run again to see the rest sent\n")
+        out.flush()
     display = ProgressDisplay(out, tty, bookings, tally)
     started = time.monotonic()
     try:
-        for booking_id in range(1, bookings + 1):
-            queue.submit(service.send_confirmation, booking_id)
+        for booking_id in new_bookings:
+            send.submit(booking_id)
             display.tick()  # submit may block on a full queue: keep the display alive
         while not queue.join(timeout=_TICK):
             display.tick()
@@ -327,7 +348,8 @@ def _booking_of(letter: DeadLetter) -> int:
 
 
 def run_demo(bookings: int, workers: int, failure_rate: float, seed: Optional[int] = None,
-             out: Optional[TextIO] = None, tty: Optional[bool] = None) -> int:
+             out: Optional[TextIO] = None, tty: Optional[bool] = None,
+             journal: Optional[str] = None) -> int:
     """Run the whole demo: header, live progress, final stats, dead letters.
 
     Args:
@@ -338,6 +360,7 @@ def run_demo(bookings: int, workers: int, failure_rate: float, seed: Optional[in
         out: where everything is written; ``sys.stdout`` (as it is at
             the call) if None.
         tty: whether ``out`` is a terminal; asked of ``out`` if None.
+        journal: a journal file for the queue (see :func:`simulate`).
 
     Returns:
         0, the exit status: dead letters are an outcome of the simulation,
@@ -346,6 +369,7 @@ def run_demo(bookings: int, workers: int, failure_rate: float, seed: Optional[in
     Raises:
         ValueError: an argument is out of range.
         KeyboardInterrupt: after the queue was shut down, as :func:`simulate`.
+        JournalError: as :func:`simulate`.
     """
     if out is None:
         out = sys.stdout
@@ -357,7 +381,7 @@ def run_demo(bookings: int, workers: int, failure_rate: float, seed: Optional[in
               f"failure rate {failure_rate:g}, seed {seed}\n")
     out.write(f"(up to {RETRIES} retries each, backoff from {BACKOFF.base:g} s "
               f"to {BACKOFF.max:g} s; --seed {seed} repeats these outcomes)\n")
-    result = simulate(bookings, workers, failure_rate, seed, out=out, tty=tty)
+    result = simulate(bookings, workers, failure_rate, seed, out=out, tty=tty, journal=journal)
     out.write("\n")
     report(result, out)
     out.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -167,3 +170,68 @@ def test_the_command_runs_as_a_module_without_a_traceback(tmp_path: Path) -> Non
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "no such journal file" in result.stderr
+
+
+# -- the demo with --journal ---------------------------------------------------------------
+
+def test_the_demo_killed_with_sigkill_finishes_the_rest_on_the_next_run(tmp_path: Path) -> None:
+    # Given a demo run on a journal, killed once it has started submitting
+    journal = str(tmp_path / "demo.db")
+    argv = [sys.executable, "-m", "taskqueue", "demo", "--journal", journal,
+            "--bookings", "300", "--failure-rate", "0", "--seed", "3"]
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        for line in first.stdout:  # type: ignore[union-attr]
+            if line.startswith("done "):  # the first booking is submitted
+                break
+        else:
+            raise AssertionError(first.stderr.read())  # type: ignore[union-attr]
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    # When it runs again on the same journal
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    # Then it sends what was left, and the journal is empty
+    assert second.returncode == 0, second.stderr
+    recovered = re.search(r"Recovered (\d+) unfinished email", second.stdout)
+    assert recovered, second.stdout
+    count = int(recovered.group(1))
+    assert 1 <= count <= 300
+    assert re.search(rf"^  succeeded +{count}$", second.stdout, re.MULTILINE), second.stdout
+    journal_file = Journal(journal)
+    try:
+        assert sum(journal_file.counts().values()) == 0
+    finally:
+        journal_file.close()
+
+
+def test_the_demo_with_a_fresh_journal_says_there_is_nothing_to_recover(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = str(tmp_path / "demo.db")
+    status = main(["demo", "--journal", journal, "--bookings", "20", "--failure-rate", "1",
+                   "--seed", "1"])
+    out = capsys.readouterr().out
+    assert status == EXIT_OK
+    assert "Nothing to recover" in out and "Dead letters: 20" in out
+    journal_file = Journal(journal)
+    try:
+        assert journal_file.counts()["dead"] == 20
+    finally:
+        journal_file.close()
+
+
+def test_the_demo_on_a_journal_in_use_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = str(tmp_path / "demo.db")
+    queue = TaskQueue(journal=journal)
+    try:
+        status = main(["demo", "--journal", journal, "--bookings", "5"])
+    finally:
+        queue.shutdown()
+    err = capsys.readouterr().err
+    assert status == EXIT_USAGE
+    assert err.count("\n") == 1 and "in use" in err
