@@ -53,6 +53,7 @@ class Event(NamedTuple):
 
 
 Listener = Callable[[Event], object]
+_new_event = tuple.__new__
 
 
 class Listeners:
@@ -95,7 +96,9 @@ class Listeners:
     def emit(self, kind: EventKind, handle: "TaskHandle",
              exception: Optional[BaseException] = None) -> None:
         """Send one event to every listener, logging any that raises."""
-        event = Event(kind, handle, exception)
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: this runs
+        # up to three times per task while anyone listens.
+        event = _new_event(Event, (kind, handle, exception))
         for callback in self.callbacks:
             try:
                 callback(event)

@@ -137,10 +137,14 @@ class Worker:
                             "its late outcome is ignored", self.thread.name, handle)
                 return  # a new worker has taken this one's place
             except BaseException as exc:  # any error fails this attempt only
-                self._timed(started)
+                ended = clock()
+                tally.runs.append(ended - started)
+                tally.ends.append(ended)
                 self._report_failure(handle, exc, tally)
             else:
-                self._timed(started)
+                ended = clock()
+                tally.runs.append(ended - started)
+                tally.ends.append(ended)
                 self._report_success(handle, result, tally)
             finally:
                 # Drop this thread's references to the task, its result and
@@ -155,9 +159,11 @@ class Worker:
         # owns the outcome. The exception can also be delivered just after
         # the task returned, before disarm(): then it is still this attempt's.
         guard = self.guard
-        self._arm(guard, deadline)
         try:
             try:
+                # Inside the try: the exception can arrive as arm() returns,
+                # and the guard must then still be disarmed.
+                self._arm(guard, deadline)
                 if handle._kwargs:
                     return handle._fn(*handle._args, **handle._kwargs)  # type: ignore[misc]
                 return handle._fn(*handle._args)  # type: ignore[misc]
@@ -168,8 +174,3 @@ class Worker:
             if not guard.disarm():
                 raise _Abandoned() from None
             raise
-
-    def _timed(self, started: float) -> None:
-        ended = self._clock()
-        self.tally.runs.append(ended - started)
-        self.tally.ends.append(ended)

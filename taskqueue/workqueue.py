@@ -97,7 +97,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
     # -- admission ------------------------------------------------------------
 
     def admit(self, item: Any, *, block: bool = True, timeout: Optional[float] = None,
-              bounded: bool = True) -> None:
+              bounded: bool = True, exempt: Optional[Callable[[], bool]] = None) -> None:
         """Accept a new item from a producer, waiting for room if needed.
 
         Args:
@@ -105,13 +105,15 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             timeout: with ``block``, the most seconds to wait for room.
             bounded: False lets the item past ``maxsize`` (a worker thread
                 submitting into its own queue must not wait for itself).
+            exempt: asked, only when the queue is full, whether to let the
+                item past ``maxsize`` all the same (cheaper than asking always).
 
         Raises:
             QueueClosed: the queue is closed, now or while waiting.
             QueueFull: no room within ``timeout`` (or at once, without ``block``).
         """
-        with self.not_full:
-            if bounded and self.maxsize > 0:
+        with self.mutex:
+            if bounded and 0 < self.maxsize <= self._qsize() and not (exempt and exempt()):
                 self._wait_for_room(block, timeout)
             if not self.accepting:
                 raise self.closed_error()

@@ -396,12 +396,6 @@ def test_a_bad_grace_is_a_value_error_naming_time_limit_grace(bad: float) -> Non
 # -- the worker and the watchdog, wired by hand ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Worker._call_limited calls self._arm() outside its try/finally: a "
-    "TimeLimitExceeded delivered as arm() returns escapes without guard.disarm(), the guard "
-    "stays 'interrupted', and after the grace the watchdog abandons the (healthy) worker: "
-    "a replacement starts while the old thread keeps serving, and a task it runs by then "
-    "is failed with TimeLimitExceeded and later settled twice (task_done too many times)"))
 def test_a_limit_that_fires_as_the_attempt_is_armed_does_not_get_the_idle_worker_abandoned() -> None:
     # The watchdog can raise TimeLimitExceeded in a worker's thread between
     # arming the guard and calling the task (the deadline may have passed
