@@ -187,7 +187,11 @@ class Journal:
         self.durability = durability
         """``"normal"`` or ``"full"``."""
         self._serializer = serializer
-        self._cond = threading.Condition(threading.Lock())  # guards the queue of records
+        lock = threading.Lock()  # guards the queue of records and the flags
+        self._cond = threading.Condition(lock)  # the writer waits here for records
+        # Submitters wait here for their commit: apart from the writer's, so
+        # that the records workers queue do not wake every waiting submitter.
+        self._committed = threading.Condition(lock)
         self._conn_lock = threading.Lock()  # one user of the connection at a time
         self._close_lock = threading.Lock()
         self._ops: Deque[_Op] = collections.deque()
@@ -325,9 +329,9 @@ class Journal:
             if self._closing:
                 raise JournalError(f"{self.path} is closed")
             self._ops.append(("submit", row, waiter))
-            self._cond.notify_all()
+            self._cond.notify()
             while not waiter.done:
-                self._cond.wait()
+                self._committed.wait()
         if waiter.error is not None:
             raise JournalError(f"{self.path}: could not record the task: {waiter.error}")
 
@@ -358,7 +362,7 @@ class Journal:
             if self._closing:
                 return  # after close: the task will simply be resumed next time
             self._ops.append((kind, params, None))
-            self._cond.notify_all()
+            self._cond.notify()
 
     # -- reading --------------------------------------------------------------
 
@@ -445,9 +449,9 @@ class Journal:
                 raise JournalError(f"{self.path} is closed")
             waiter = _Waiter()
             self._ops.append(("flush", (), waiter))
-            self._cond.notify_all()
+            self._cond.notify()
             while not waiter.done:
-                self._cond.wait()
+                self._committed.wait()
 
     def close(self) -> None:
         """Commit everything recorded so far, stop the writer and close the file.
@@ -480,7 +484,7 @@ class Journal:
                     cond.wait()
                 if not self._ops:
                     self._closed = True
-                    cond.notify_all()
+                    self._committed.notify_all()
                     return
                 batch = list(self._ops)
                 self._ops.clear()
@@ -493,7 +497,7 @@ class Journal:
                     if waiter is not None:
                         waiter.error = errors.get(index)
                         waiter.done = True
-                cond.notify_all()
+                self._committed.notify_all()
 
     def _commit(self, batch: List[_Op]) -> Dict[int, BaseException]:
         # One transaction for the whole batch. Should it fail, each record
@@ -521,8 +525,8 @@ class Journal:
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            for kind, params, _ in ops:
-                conn.execute(_SQL[kind], params)
+            for sql, rows in _grouped(ops):
+                conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -532,3 +536,32 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"<Journal {self.path!r} durability={self.durability}{' closed' if self._closing else ''}>"
+
+
+def _grouped(ops: List[_Op]) -> List[Tuple[str, List[Tuple[Any, ...]]]]:
+    """The statements of one transaction, as few ``executemany`` calls as the order allows.
+
+    Ids are never reused, and a task's records come in its own order:
+    inserted, then updated, then deleted. So all inserts may go first and
+    all deletes last, with the updates, in their order, between. An update
+    of a task deleted in the same transaction is skipped: a short task's
+    "started" and "done" often commit together.
+    """
+    deleted = {params[0] for kind, params, _ in ops if kind == "delete"}
+    inserts: List[Tuple[Any, ...]] = []
+    updates: List[Tuple[str, List[Tuple[Any, ...]]]] = []
+    deletes: Dict[str, List[Tuple[Any, ...]]] = {"delete": [], "delete_dead": []}
+    for kind, params, _ in ops:
+        if kind == "submit":
+            inserts.append(params)
+        elif kind in deletes:
+            deletes[kind].append(params)
+        elif params[-1] not in deleted:  # an update: the id comes last
+            if updates and updates[-1][0] == _SQL[kind]:
+                updates[-1][1].append(params)
+            else:
+                updates.append((_SQL[kind], [params]))
+    grouped = [(_SQL["submit"], inserts)] if inserts else []
+    grouped += updates
+    grouped += [(_SQL[kind], rows) for kind, rows in deletes.items() if rows]
+    return grouped
