@@ -44,6 +44,7 @@ from .workqueue import WorkQueue
 __all__ = ["TaskQueue"]
 
 log = logging.getLogger(__name__)
+_current_thread = threading.current_thread
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
 
@@ -159,6 +160,9 @@ class TaskQueue(Executor):
         self._registry = Registry(self.submit, asubmit=self.asubmit)
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
+        # A worker of this queue may submit past the bound (it must not wait
+        # for room that only workers make); asked only when the queue is full.
+        self._exempt = self._on_worker_thread
         self._recovered = 0
         # Opened last, once every argument is known to be good: a locked or
         # invalid file fails here, naming the file, and nothing is left open.
@@ -270,6 +274,15 @@ class TaskQueue(Executor):
         """
         if not self._ready:
             self._prepare()
+        if type(fn) is not Task and callable(fn) and self._journal is None:
+            # The hot path, flat: a plain callable, no options, no journal.
+            handle = TaskHandle(fn, args, kwargs or None, callable_name(fn),
+                                self._policy, self._on_cancel)
+            handle._submitted_at = self._clock()
+            self._work.admit(handle, timeout=self._submit_timeout, exempt=self._exempt)
+            if self._listeners.callbacks:
+                self._listeners.emit(EventKind.SUBMITTED, handle)
+            return handle
         return self._admit(self._handle_for(fn, args, kwargs), True, self._submit_timeout)
 
     def submit_nowait(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
@@ -369,7 +382,7 @@ class TaskQueue(Executor):
 
         Raises:
             TypeError: ``fn`` is not callable, or ``interval`` not a number.
-            ValueError: ``interval`` is not > 0.
+            ValueError: ``interval`` is not > 0, or the Task has a delay or key.
             QueueClosed: the queue was shut down.
         """
         interval = validate.optional_positive_seconds("interval", interval)
@@ -378,6 +391,9 @@ class TaskQueue(Executor):
         if type(fn) is Task:
             if args or kwargs:
                 raise TypeError("every(interval, task) takes no further arguments")
+            if fn.delay or fn.key is not None:
+                raise ValueError("every() takes a Task without delay or key: the interval "
+                                 "sets when runs start, and each run is a new task")
             task = fn
         elif callable(fn):
             task = Task(fn, args, kwargs)
@@ -431,8 +447,7 @@ class TaskQueue(Executor):
         if handle._task is not None and handle._task.delay:
             self._admit_delayed(handle, handle._task.delay)
         else:
-            bounded = not self._on_worker_thread()
-            self._work.admit(handle, block=block, timeout=timeout, bounded=bounded)
+            self._work.admit(handle, block=block, timeout=timeout, exempt=self._exempt)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUBMITTED, handle)
 
@@ -570,7 +585,8 @@ class TaskQueue(Executor):
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
-        self._acknowledge(handle)
+        handle._acked = True  # as _acknowledge(), inlined on the hot path
+        self._work.task_done()
 
     def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         """Acknowledge an attempt that raised: retry it, or fail the task."""
@@ -890,7 +906,7 @@ class TaskQueue(Executor):
         threading.Thread(target=wind_down, name=f"{self.name}-shutdown", daemon=True).start()
 
     def _on_worker_thread(self) -> bool:
-        return threading.current_thread() in self._worker_threads
+        return _current_thread() in self._worker_threads
 
     def _read_submitted(self) -> int:
         with self._work.mutex:

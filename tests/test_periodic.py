@@ -416,3 +416,10 @@ def test_every_refuses_what_it_cannot_run(make_queue: Callable[..., TaskQueue]) 
         queue.every(1, 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no further arguments"):
         queue.every(1, Task(abs), -1)
+
+
+def test_every_refuses_a_task_with_a_delay_or_a_key(make_queue) -> None:
+    queue = make_queue()
+    for task in (Task(abs, (1,), delay=1), Task(abs, (1,), key="k")):
+        with pytest.raises(ValueError, match="delay or key"):
+            queue.every(1, task)
