@@ -117,6 +117,8 @@ class Row(NamedTuple):
     """For ``dead``: the final error's traceback."""
     failed_at: Optional[float]
     """For ``dead``: when it failed, in seconds since the epoch."""
+    problem: Optional[str] = None
+    """Why the row's arguments or options could not be decoded (then they are empty)."""
 
 
 class _Waiter:
@@ -371,8 +373,11 @@ class Journal:
 
         Call it before recording anything new (the queue does, at start).
 
+        A row whose arguments cannot be decoded comes back with empty ones
+        and :attr:`Row.problem` saying why.
+
         Raises:
-            JournalError: the file could not be read, or a row cannot be decoded.
+            JournalError: the file could not be read.
         """
         return list(self._rows("SELECT * FROM tasks ORDER BY submitted_at, rowid"))
 
@@ -384,14 +389,21 @@ class Journal:
             except sqlite3.Error as exc:
                 raise self._error("cannot be read", exc) from None
         for values in raw:
+            # One undecodable row must not keep the others from running: it
+            # comes back marked, for the queue to turn into a dead letter.
             try:
                 args = self._serializer.loads(values[2])
                 kwargs = self._serializer.loads(values[3])
                 options = json.loads(values[4])
+                if not isinstance(args, list) or not isinstance(kwargs, dict) \
+                        or not isinstance(options, dict):
+                    raise TypeError("expected a list of arguments and dicts of keyword "
+                                    "arguments and options")
             except Exception as exc:
-                raise JournalError(f"{self.path}: task {values[0]} cannot be decoded: "
-                                   f"{type(exc).__name__}: {exc}") from None
-            yield Row(values[0], values[1], args, kwargs, options, *values[5:])
+                yield Row(values[0], values[1], [], {}, {}, *values[5:],
+                          problem=f"its arguments cannot be decoded ({type(exc).__name__}: {exc})")
+            else:
+                yield Row(values[0], values[1], args, kwargs, options, *values[5:])
 
     def counts(self) -> Dict[str, int]:
         """Return how many tasks are in each state (every state present, 0 if none)."""

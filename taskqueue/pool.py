@@ -740,6 +740,8 @@ class TaskQueue(Executor):
                     raise JournalError(
                         f"no task function named {row.name!r} is registered; register it "
                         "with @queue.task before the queue starts")
+                if row.problem is not None:
+                    raise JournalError(f"task {row.id} in {journal.path}: {row.problem}")
                 handle = self._resumed_handle(row, fn)
             except (JournalError, TypeError, ValueError) as exc:
                 letter = self._recovered_letter(row, fn, exc)

@@ -603,3 +603,25 @@ def test_options_and_keys_come_back(path: str) -> None:
     finally:
         gate.set()
         second.shutdown()
+
+
+def test_a_row_that_cannot_be_decoded_becomes_a_dead_letter_and_the_rest_run(path: str) -> None:
+    # Given a journal with a good task and one whose arguments are garbage
+    journal = Journal(path)
+    journal.record_submit("good", "job", "[1]", "{}", {})
+    journal.record_submit("bad", "job", "[1, ", "{}", {})
+    journal.close()
+
+    # When a queue starts on it
+    ran: List[int] = []
+    queue = run_to_end(path, lambda q: q.task(name="job")(ran.append))
+
+    # Then the good one ran, and the bad one is a dead letter saying why
+    assert ran == [1] and queue.recovered == 1
+    [letter] = queue.dead_letters()
+    assert letter.task_id == "bad" and "cannot be decoded" in str(letter.exception)
+    reopened = Journal(path)
+    try:
+        assert [(row.id, row.state) for row in reopened.recover()] == [("bad", "dead")]
+    finally:
+        reopened.close()
