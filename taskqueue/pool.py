@@ -35,7 +35,7 @@ from .periodic import Periodic
 from .registry import Registry, TaskFunction
 from .scheduler import Scheduler
 from .stats import Stats, WorkerTally, snapshot
-from .task import Task, TaskHandle, callable_name
+from .task import Task, TaskHandle, TaskState, callable_name
 from .timelimit import Watchdog
 from .unique import BUSY, UniqueKeys
 from .worker import STOP, Worker
@@ -609,8 +609,13 @@ class TaskQueue(Executor):
         if delay > 0:
             if not self._scheduler.schedule(handle, self._clock() + delay):
                 handle.cancel()  # shutdown is cancelling what has not started
-        else:
+        elif self._work.outranked(handle._priority):
             self._reenter(handle)
+        else:
+            # No wait and nothing more urgent queued: the worker that ran the
+            # attempt runs the retry next, sparing a trip through the queue
+            # (and the lock every producer and worker contends for).
+            handle._rerun_here = True
 
     def _fail(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         letter = self._dead_letter(handle, exc)
@@ -659,6 +664,9 @@ class TaskQueue(Executor):
         if handle is not None:
             worker.current = None
             self._settle_failure(handle, exc, worker.tally)
+            if handle._rerun_here:  # not by that worker: it is gone
+                handle._rerun_here = False
+                self._reenter(handle)
         self._replace_worker(worker)
 
     def _worker_crashed(self, worker: Worker, exc: BaseException) -> None:
@@ -671,7 +679,9 @@ class TaskQueue(Executor):
         worker.current = None
         if handle is not None:
             worker.tally.running = 0
-            if handle._back_to_pending(scheduled=False):
+            handle._rerun_here = False
+            # Running, or queued for nobody but this worker (an immediate retry).
+            if handle._back_to_pending(scheduled=False) or handle.state is TaskState.PENDING:
                 self._reenter(handle)
             elif handle.done() and not handle._acked:
                 self._acknowledge(handle)  # it ended; only the acknowledgement was lost

@@ -259,6 +259,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _time_limit: Optional[float] = None
     _key: Optional[str] = None
     _acked = False  # whether the queue has counted this task as ended
+    _rerun_here = False  # a retry due now, left to the worker that ran the attempt
     _id: Optional[str] = None  # a journaled task's id, kept across restarts
 
     # Future.__init__ is deliberately not called: it builds the Condition and

@@ -109,8 +109,10 @@ class Worker:
         tally = self.tally
         listeners = self._listeners
         default_limit = self._time_limit
+        again: Optional[TaskHandle] = None
         while True:
-            handle = get()
+            handle = again if again is not None else get()
+            again = None
             if handle is STOP:
                 self._work.wake_workers(STOP)  # pass it on to a sibling
                 return
@@ -141,6 +143,9 @@ class Worker:
                 tally.runs.append(ended - started)
                 tally.ends.append(ended)
                 self._report_failure(handle, exc, tally)
+                if handle._rerun_here:  # an immediate retry, left to this worker
+                    handle._rerun_here = False
+                    again = handle
             else:
                 ended = clock()
                 tally.runs.append(ended - started)
@@ -151,7 +156,8 @@ class Worker:
                 # its error before blocking on the next get(): otherwise an
                 # idle worker keeps the last task's data alive.
                 handle = result = exc = None  # type: ignore[assignment]
-            self.current = None
+            if again is None:  # an immediate retry stays this worker's own
+                self.current = None
 
     def _call_limited(self, handle: TaskHandle, deadline: float) -> Any:
         # The watchdog may raise TimeLimitExceeded in this thread while the

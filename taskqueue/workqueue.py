@@ -146,6 +146,19 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             self.not_empty.notify()
             return True
 
+    def outranked(self, priority: Any) -> bool:
+        """Whether an item that ``priority`` must not overtake is waiting, or re-entry is sealed.
+
+        True if the queue is sealed or an item of higher priority is queued.
+        """
+        with self.mutex:
+            if self.sealed:
+                return True
+            for level, bucket in self._levels:
+                if bucket:
+                    return level > priority
+            return False
+
     def wake_workers(self, item: Any) -> None:
         """Put ``item`` (a stop sentinel) in, past the bound and any seal."""
         with self.mutex:

@@ -274,3 +274,29 @@ def test_priority_must_be_an_int() -> None:
     for bad in (1.5, "high", None, True, float("-inf"), float("nan")):
         with pytest.raises(TypeError, match="priority"):
             Task(abs, (1,), priority=bad)  # type: ignore[arg-type]
+
+
+def test_an_immediate_retry_runs_next_on_the_same_worker(make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
+    # Given one held worker, a task that fails once with no backoff, and
+    # equal-priority tasks queued behind it
+    queue = make_queue(workers=1)
+    record = Recorder()
+    threads: List[int] = []
+
+    def flaky() -> str:
+        threads.append(threading.get_ident())
+        record("flaky")
+        if len(threads) == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    hold_the_only_worker(queue, gate)
+    handle = queue.submit(Task(flaky, retries=1, backoff=Backoff.none()))
+    submit_all(queue, record, [(i, 0) for i in range(3)])
+    gate.open()
+    # Then the retry ran at once, on the same thread, before the queued tasks
+    assert handle.result(WAIT) == "ok"
+    assert queue.join(WAIT)
+    assert record.order == ["flaky", "flaky", 0, 1, 2]
+    assert len(set(threads)) == 1 and handle.attempts == 2
+    assert queue.stats().retried == 1
