@@ -264,13 +264,20 @@ class TaskQueue(Executor):
         blocks on its own queue: its submissions are admitted past the
         bound, so a task may submit follow-up work without deadlocking.
 
+        With a journal, it first waits until the task is committed to the
+        journal file, and ``fn`` must be a task function registered on this
+        queue (or a Task made by one).
+
         Args:
             fn: a callable, or a :class:`Task` (then no further arguments).
 
         Raises:
-            TypeError: ``fn`` is not callable, or a Task came with arguments.
+            TypeError: ``fn`` is not callable, or a Task came with arguments;
+                with a journal, ``fn`` is not a registered task function or
+                the serializer refuses the arguments (nothing is written).
             QueueFull: no room within ``submit_timeout``.
             QueueClosed: the queue was shut down.
+            JournalError: the journal could not record the task.
         """
         if not self._ready:
             self._prepare()
@@ -974,7 +981,7 @@ def _journal_options(task: Optional[Task], fn: TaskFunction[Any]) -> dict:
     # must never do: retry_on comes from the registration only.
     if task is None:
         return {}
-    if task.retry_on != fn.task().retry_on:
+    if task.retry_on is not None and task.retry_on != fn.task().retry_on:
         raise TypeError(f"retry_on set for one submission of {fn.name!r} cannot be journaled "
                         "(exception classes are not written to the journal); set it in "
                         "@queue.task(retry_on=...)")
