@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -625,3 +624,14 @@ def test_a_row_that_cannot_be_decoded_becomes_a_dead_letter_and_the_rest_run(pat
         assert [(row.id, row.state) for row in reopened.recover()] == [("bad", "dead")]
     finally:
         reopened.close()
+
+
+def test_a_queue_with_full_durability_runs_and_resumes(path: str) -> None:
+    ran: List[int] = []
+    queue = TaskQueue(journal=path, durability="full", workers=2)
+    queue.task(name="job")(ran.append)
+    with queue:
+        for index in range(20):
+            queue.tasks["job"].submit(index)
+    assert sorted(ran) == list(range(20))
+    assert row_count(path) == 0
