@@ -262,6 +262,8 @@ class Journal:
                 raise JournalError(f"{self.path} is not a taskqueue journal "
                                    "(not a SQLite database)") from None
             raise self._error("is corrupt", exc) from None
+        except sqlite3.Error as exc:
+            raise self._error("cannot be opened", exc) from None
 
     def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
         # Runs inside the opening transaction: a failed check writes nothing.

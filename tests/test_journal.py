@@ -635,3 +635,42 @@ def test_a_queue_with_full_durability_runs_and_resumes(path: str) -> None:
             queue.tasks["job"].submit(index)
     assert sorted(ran) == list(range(20))
     assert row_count(path) == 0
+
+
+def test_a_record_that_fails_raises_for_its_submitter_and_the_writer_goes_on(
+        path: str, journals: Any) -> None:
+    journal = journals(path)
+    journal.record_submit("a", "t", "[]", "{}", {})
+
+    with pytest.raises(JournalError, match="could not record") as caught:
+        journal.record_submit("a", "t", "[]", "{}", {})  # the same id again: refused by SQLite
+
+    assert path in str(caught.value)
+    journal.record_submit("b", "t", "[]", "{}", {})
+    assert [row.id for row in journal.recover()] == ["a", "b"]
+
+
+def test_records_in_a_failed_group_are_written_one_by_one(path: str, journals: Any) -> None:
+    # Given many submitters at once, one of them with an id already taken
+    journal = journals(path)
+    journal.record_submit("taken", "t", "[]", "{}", {})
+    start = threading.Barrier(9)
+    errors: List[BaseException] = []
+
+    def submit(task_id: str) -> None:
+        start.wait(WAIT)
+        try:
+            journal.record_submit(task_id, "t", "[]", "{}", {})
+        except JournalError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(f"t{n}",)) for n in range(8)]
+    threads.append(threading.Thread(target=submit, args=("taken",)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+
+    # Then only that one failed, whichever group it shared
+    assert len(errors) == 1
+    assert len(journal.recover()) == 9
