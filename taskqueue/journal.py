@@ -5,9 +5,10 @@ scheduled (a delay or a retry, with its wall-clock due time), running, or
 dead. A task that succeeds or is cancelled is deleted. After a crash the
 rows left are the work to resume (:meth:`Journal.recover`).
 
-One writer thread owns the connection and commits in groups: whatever was
+One writer thread does every write and commits in groups: whatever was
 queued while the previous transaction committed goes into the next one
-(group commit, with SQLite's write-ahead log). :meth:`record_submit` waits
+(group commit, with SQLite's write-ahead log). Reads (recovery, the
+command line's summaries) take the connection between two commits. :meth:`record_submit` waits
 until the transaction holding its row has committed, which is what lets
 ``submit`` return only once the task is on disk; every other record is
 queued and not waited for (a worker must never wait on the disk, and
