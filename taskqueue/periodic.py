@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from .errors import QueueClosed
 from .task import Task, TaskHandle

@@ -155,7 +155,7 @@ class Worker:
                 # Drop this thread's references to the task, its result and
                 # its error before blocking on the next get(): otherwise an
                 # idle worker keeps the last task's data alive.
-                handle = result = exc = None  # type: ignore[assignment]
+                handle = result = None  # type: ignore[assignment]
             if again is None:  # an immediate retry stays this worker's own
                 self.current = None
 

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from taskqueue import TaskQueue
+from taskqueue import TaskHandle, TaskQueue, TaskState
 
 # Generous bound for anything a test waits on: a bug fails the test instead
 # of hanging it, and a slow shared machine does not.
@@ -64,3 +64,16 @@ def gate() -> Iterator[Gate]:
     g = Gate()
     yield g
     g.open()
+
+
+def assert_settled(queue: TaskQueue, handles: List[TaskHandle]) -> None:
+    """Every handle is terminal, the counters agree with them, and join() is free."""
+    assert all(h.done() for h in handles), [h for h in handles if not h.done()][:5]
+    states = [h.state for h in handles]
+    stats = queue.stats()
+    assert stats.submitted == len(handles)
+    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+    assert stats.failed == states.count(TaskState.FAILED)
+    assert stats.cancelled == states.count(TaskState.CANCELLED)
+    assert (stats.pending, stats.running) == (0, 0)
+    assert queue.join(0)

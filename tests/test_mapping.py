@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 import pytest
 
 from conftest import WAIT, Gate
-from taskqueue import TaskHandle, TaskQueue
+from taskqueue import TaskHandle
 from taskqueue.mapping import lazy_map
 
 

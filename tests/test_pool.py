@@ -11,10 +11,9 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, Gate, assert_settled
 from taskqueue import (
     Backoff,
-    DeadLetter,
     Event,
     EventKind,
     QueueClosed,
@@ -44,17 +43,6 @@ class FailTimes:
             raise self.error(f"{key} failed on call {call}")
         return key
 
-
-def assert_balanced(queue: TaskQueue, handles: List[TaskHandle]) -> None:
-    """The counters agree with the handles, and nothing is left pending."""
-    stats = queue.stats()
-    states = [h.state for h in handles]
-    assert stats.submitted == len(handles)
-    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
-    assert stats.failed == states.count(TaskState.FAILED)
-    assert stats.cancelled == states.count(TaskState.CANCELLED)
-    assert stats.pending == 0 and stats.running == 0
-    assert stats.submitted == stats.succeeded + stats.failed + stats.cancelled
 
 
 # -- starting ------------------------------------------------------------------
@@ -140,7 +128,7 @@ def test_retries_through_a_one_slot_one_worker_queue_do_not_deadlock(backoff: Ba
             assert queue.join(timeout=WAIT)
         assert [h.result(0) for h in handles] == list(range(100))
         assert all(h.attempts == 3 for h in handles)
-        assert_balanced(queue, handles)
+        assert_settled(queue, handles)
         assert queue.stats().retried == 200
 
 

@@ -19,11 +19,11 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, Gate, assert_settled
 from taskqueue import (
     Backoff,
     EventKind,
@@ -67,18 +67,6 @@ def quiet_logs() -> Iterator[None]:
     finally:
         logger.setLevel(before)
 
-
-def assert_settled(queue: TaskQueue, handles: List[TaskHandle]) -> None:
-    """Every handle is terminal, the counters agree with them, and join() is free."""
-    assert all(h.done() for h in handles), [h for h in handles if not h.done()][:5]
-    states = [h.state for h in handles]
-    stats = queue.stats()
-    assert stats.submitted == len(handles)
-    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
-    assert stats.failed == states.count(TaskState.FAILED)
-    assert stats.cancelled == states.count(TaskState.CANCELLED)
-    assert (stats.pending, stats.running) == (0, 0)
-    assert queue.join(0)
 
 
 def settle(handles: List[TaskHandle]) -> None:

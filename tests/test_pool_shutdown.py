@@ -11,21 +11,10 @@ from typing import Any, Callable, List
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, Gate, assert_settled
 from taskqueue import Backoff, Retry, TaskHandle, TaskQueue, TaskState
 from taskqueue.stats import WorkerTally
 
-
-def assert_all_settled(queue: TaskQueue, handles: List[TaskHandle]) -> None:
-    """Every handle is terminal and the counters agree with the handles."""
-    assert all(h.done() for h in handles), [h for h in handles if not h.done()][:5]
-    states = [h.state for h in handles]
-    stats = queue.stats()
-    assert stats.submitted == len(handles)
-    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
-    assert stats.failed == states.count(TaskState.FAILED)
-    assert stats.cancelled == states.count(TaskState.CANCELLED)
-    assert (stats.pending, stats.running) == (0, 0)
 
 
 # -- 4. shutdown, every mode ------------------------------------------------------
@@ -44,7 +33,7 @@ def test_default_shutdown_drains_everything_including_pending_retries() -> None:
     handles = [queue.submit(flaky, i) for i in range(20)]
     queue.shutdown()
     assert [h.result(0) for h in handles] == list(range(20))
-    assert_all_settled(queue, handles)
+    assert_settled(queue, handles)
 
 
 def test_cancel_futures_cancels_everything_not_running(gate: Gate) -> None:
@@ -61,7 +50,7 @@ def test_cancel_futures_cancels_everything_not_running(gate: Gate) -> None:
     assert not stopper.is_alive()
     assert [h.result(0) for h in running] == ["through", "through"]
     assert all(h.state is TaskState.CANCELLED for h in queued)
-    assert_all_settled(queue, running + queued)
+    assert_settled(queue, running + queued)
 
 
 def test_cancel_futures_cancels_scheduled_retries() -> None:
@@ -73,7 +62,7 @@ def test_cancel_futures_cancels_scheduled_retries() -> None:
     assert handle.state is TaskState.SCHEDULED
     queue.shutdown(cancel_futures=True)
     assert handle.state is TaskState.CANCELLED
-    assert_all_settled(queue, [handle])
+    assert_settled(queue, [handle])
 
 
 def test_shutdown_with_timeout_cancels_what_has_not_started_and_returns(gate: Gate) -> None:
@@ -89,7 +78,7 @@ def test_shutdown_with_timeout_cancels_what_has_not_started_and_returns(gate: Ga
     assert all(h.cancelled() for h in queued)
     gate.open()
     assert running.result(WAIT) == "through"
-    assert_all_settled(queue, [running] + queued)
+    assert_settled(queue, [running] + queued)
 
 
 def test_shutdown_without_wait_returns_at_once_and_still_drains(gate: Gate) -> None:
@@ -102,7 +91,7 @@ def test_shutdown_without_wait_returns_at_once_and_still_drains(gate: Gate) -> N
     gate.open()
     assert [h.result(WAIT) for h in rest] == list(range(10))
     queue.shutdown()  # a second call waits for the wind-down and is harmless
-    assert_all_settled(queue, [first] + rest)
+    assert_settled(queue, [first] + rest)
 
 
 def test_shutdown_is_idempotent_and_safe_from_many_threads() -> None:
@@ -116,7 +105,7 @@ def test_shutdown_is_idempotent_and_safe_from_many_threads() -> None:
         t.join(WAIT)
     assert not any(t.is_alive() for t in threads)
     queue.shutdown()
-    assert_all_settled(queue, handles)
+    assert_settled(queue, handles)
 
 
 def test_shutdown_from_a_worker_does_not_wait_for_itself() -> None:
@@ -124,7 +113,7 @@ def test_shutdown_from_a_worker_does_not_wait_for_itself() -> None:
     handle = queue.submit(queue.shutdown)
     assert handle.result(WAIT) is None
     queue.shutdown()
-    assert_all_settled(queue, [handle])
+    assert_settled(queue, [handle])
 
 
 @pytest.mark.timeout(120)
@@ -174,7 +163,7 @@ def test_random_shutdowns_under_load_lose_nothing() -> None:
             except Exception:
                 pass  # cancelled
         queue.shutdown()
-        assert_all_settled(queue, handles)
+        assert_settled(queue, handles)
         assert queue.join(0), f"round {round_} ({mode})"
 
 
@@ -250,7 +239,7 @@ def test_injected_faults_never_drop_a_task() -> None:
         assert [h.result(0) for h in handles] == list(range(300))
         assert set(ran) == set(range(300))  # at least once
         assert len(ran) > 300  # and some more than once: the faults happened
-        assert_all_settled(queue, handles)
+        assert_settled(queue, handles)
 
 
 # -- 7. thread safety ---------------------------------------------------------------
@@ -293,7 +282,7 @@ def test_eight_producers_ten_thousand_tasks_each_counters_exact() -> None:
     assert queue.join(WAIT)
     flat = [h for hs in handles for h in hs]
     assert len(flat) == 80_000 and not seen_bad
-    assert_all_settled(queue, flat)
+    assert_settled(queue, flat)
     stats = queue.stats()
     assert stats.failed == 8 * 500 == len(queue.dead_letters())
     assert stats.succeeded == 80_000 - 4_000
@@ -307,7 +296,7 @@ def test_cancel_races_with_workers_and_counts_once() -> None:
         handles = [queue.submit(abs, i) for i in range(500)]
         cancelled = [h.cancel() for h in reversed(handles)]
         queue.shutdown()
-        assert_all_settled(queue, handles)
+        assert_settled(queue, handles)
         assert queue.stats().cancelled == sum(cancelled)
 
 

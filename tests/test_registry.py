@@ -18,7 +18,7 @@ import pytest
 
 from conftest import WAIT, Gate
 from taskqueue import Backoff, Task, TaskHandle, TaskState
-from taskqueue.registry import OPTIONS, Registry, TaskFunction, default_name
+from taskqueue.registry import Registry, TaskFunction, default_name
 
 SENTINEL = object()
 
