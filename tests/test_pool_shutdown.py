@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import gc
 import random
 import threading
@@ -43,8 +44,10 @@ def test_cancel_futures_cancels_everything_not_running(gate: Gate) -> None:
     queued = [queue.submit(abs, -i) for i in range(10)]
     stopper = threading.Thread(target=queue.shutdown, kwargs={"cancel_futures": True})
     stopper.start()
-    for handle in queued:
-        assert handle.cancelled()  # cancelled while the running ones still run
+    # cancelled while the running ones still run (held at the gate)
+    done, _ = cf.wait(queued, timeout=WAIT)
+    assert len(done) == len(queued) and all(h.cancelled() for h in queued)
+    assert all(h.running() for h in running)
     gate.open()
     stopper.join(WAIT)
     assert not stopper.is_alive()
