@@ -18,7 +18,7 @@ LAYERS: Dict[str, int] = {
     "task": 3,
     "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
-    "worker": 6,
+    "worker": 6, "durable": 6,
     "pool": 7,
     "__init__": 8,
 }
