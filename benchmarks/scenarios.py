@@ -17,6 +17,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from taskqueue import Backoff, TaskQueue
+from taskqueue.workqueue import WorkQueue
 
 from .baselines import bare_loop_throughput, ideal_throughput, thread_pool
 from .harness import Metric, Result, Target
@@ -24,9 +25,11 @@ from .peers import PEERS, version_of
 from .registry import Context, scenario
 from .workloads import (
     FailOnce,
+    FifoWorkQueue,
     latency,
     noop,
     pending_memory,
+    queue_cycle,
     sleep_1ms,
     streamed,
     submit_cost,
@@ -271,3 +274,20 @@ def peers(ctx: Context) -> List[Result]:
             rows.append(ctx.not_measured(samples, THROUGHPUT, peer.name, target=Target.above(1.0),
                                          note=f"{shown}: {reason}", peer_version=version))
     return rows
+
+
+@scenario("priority", "10. Priorities, every task at priority 0: the queue's levels against a plain FIFO",
+          full={"items": 300_000},
+          quick={"items": 100_000},
+          smoke={"items": 2_000})
+def equal_priority(ctx: Context) -> List[Result]:
+    items = ctx.sizes["items"]
+    fifo = "same queue, plain FIFO"
+    samples = ctx.measure({
+        fifo: lambda: queue_cycle(FifoWorkQueue, items),
+        TASKQUEUE: lambda: queue_cycle(WorkQueue, items),
+    })
+    metric = Metric("throughput", "admit + get + task_done", "items/s", True)
+    return [ctx.compare(samples, metric, fifo, target=Target.at_least(0.95),
+                        note="one thread, the queue half full; the FIFO is the same WorkQueue "
+                             "with its four ordering hooks replaced by one deque")]

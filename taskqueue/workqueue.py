@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 from collections import deque
 from time import monotonic
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .errors import QueueClosed, QueueFull
 
@@ -58,8 +58,10 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
 
     def _init(self, maxsize: int) -> None:
         self._buckets: Dict[Any, Deque[Any]] = {}
-        # (priority, bucket) pairs, highest priority first.
-        self._levels: List[Tuple[Any, Deque[Any]]] = []
+        # The priorities in use, highest first, and their buckets in that
+        # order: _get looks at the buckets in turn.
+        self._priorities: List[Any] = []
+        self._order: List[Deque[Any]] = []
         self._size = 0
 
     def _qsize(self) -> int:
@@ -78,20 +80,19 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         # tell waiting async producers (asubmit) that there is room.
         if self._room_waiters:
             self._wake_room_waiters()
-        for _, bucket in self._levels:
+        for bucket in self._order:
             if bucket:
                 self._size -= 1
                 return bucket.popleft()
         raise IndexError("get from an empty WorkQueue")
 
     def _add_level(self, priority: Any) -> Deque[Any]:
-        if len(self._levels) >= _MAX_IDLE_LEVELS:  # forget levels no longer in use
-            self._levels = [(p, b) for p, b in self._levels if b]
-            self._buckets = {p: b for p, b in self._levels}
+        if len(self._buckets) >= _MAX_IDLE_LEVELS:  # forget levels no longer in use
+            self._buckets = {p: b for p, b in self._buckets.items() if b}
         bucket: Deque[Any] = deque()
         self._buckets[priority] = bucket
-        self._levels.append((priority, bucket))
-        self._levels.sort(key=lambda level: level[0], reverse=True)
+        self._priorities = sorted(self._buckets, reverse=True)
+        self._order = [self._buckets[p] for p in self._priorities]
         return bucket
 
     # -- admission ------------------------------------------------------------
@@ -154,9 +155,9 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         with self.mutex:
             if self.sealed:
                 return True
-            for level, bucket in self._levels:
+            for level, bucket in zip(self._priorities, self._order):
                 if bucket:
-                    return level > priority
+                    return level > priority  # type: ignore[no-any-return]
             return False
 
     def wake_workers(self, item: Any) -> None:
