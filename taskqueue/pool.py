@@ -3,8 +3,10 @@
 Producers call :meth:`TaskQueue.submit`, which puts a :class:`TaskHandle`
 on a bounded :class:`WorkQueue`; a fixed pool of daemon :class:`Worker`
 threads drains it; failed attempts go to the :func:`retry.decide` policy,
-and those worth another try wait in the :class:`Scheduler` (or re-enter the
-queue at once when the backoff is zero); the rest end as dead letters.
+and those worth another try wait in the :class:`Scheduler` (with no backoff,
+the same worker runs them next, unless a more urgent task waits); the rest
+end as dead letters. With ``journal=``, :mod:`taskqueue.durable` writes it
+all down and resumes it after a restart.
 
 Every accepted task is marked done on the work queue exactly once, when it
 becomes terminal (succeeded, failed or cancelled); ``join`` and the

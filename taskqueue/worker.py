@@ -3,7 +3,9 @@
 A worker holds no policy. It is handed its queue, a clock and the pool's
 callbacks, and does four things in a loop: get a handle, start an attempt,
 call the task, and report what happened (``report_success`` /
-``report_failure``). The pool decides what the outcome means.
+``report_failure``). The pool decides what the outcome means; it may leave
+an immediate retry to the same worker (``handle._rerun_here``), which then
+runs it next instead of taking a new handle.
 
 A task's exceptions of any kind, ``BaseException`` included, fail that
 attempt and nothing more. If the worker's own code fails (a bug in
