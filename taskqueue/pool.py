@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from concurrent.futures import Executor
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -655,7 +654,7 @@ class TaskQueue(JournalSupport, Executor):
             task=task,
             task_id=handle.id,
             exception=exc,
-            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            traceback=None,  # formatted when first read: see DeadLetter
             attempts=handle._attempts,
             submitted_at=now_wall - (now - handle._submitted_at),
             failed_at=now_wall,

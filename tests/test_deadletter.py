@@ -142,3 +142,16 @@ def test_concurrent_adds_lose_nothing_and_count_every_drop():
         assert kept == sorted(kept)
         # what a thread lost are its oldest letters
         assert kept == list(range(per_thread - len(kept), per_thread))
+
+
+def test_a_traceback_left_out_is_formatted_from_the_exception_when_read():
+    try:
+        raise ValueError("boom in a task")
+    except ValueError as exc:
+        error = exc
+    letter = DeadLetter(Task(print), "id-9", error, None, 1, 1.0, 2.0)
+    text = letter.traceback
+    assert "ValueError: boom in a task" in text and "Traceback" in text
+    assert letter.traceback is text  # formatted once
+    with pytest.raises(AttributeError):
+        letter.attempts = 2  # type: ignore[misc]  # frozen
