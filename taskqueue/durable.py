@@ -76,7 +76,7 @@ class JournalSupport:
         # Once, when the queue starts: what the last run left unfinished goes
         # back where it was; dead letters come back as dead letters.
         journal: Journal = self._journal  # type: ignore[assignment]
-        wall, now = time.time(), self._clock()
+        wall = time.time()
         for row in journal.recover():
             fn = self.tasks.get(row.name)
             if row.state == DEAD:
@@ -99,10 +99,7 @@ class JournalSupport:
                 continue
             try:
                 if row.state == SCHEDULED and row.due is not None and row.due > wall:
-                    handle._scheduled = True
-                    self._work.admit_deferred(handle)
-                    if not self._scheduler.schedule(handle, now + (row.due - wall)):
-                        handle.cancel()
+                    self._admit_delayed(handle, row.due - wall)  # what is left of the wait
                 else:
                     self._work.admit(handle, bounded=False)
             except QueueClosed:
