@@ -1,27 +1,37 @@
-"""Peer libraries run in-process on the no-op workload: Huey and Dramatiq.
+"""Peer libraries run in-process: Huey and Dramatiq in memory, and durable queues on SQLite.
 
 Each adapter first says whether its peer can run here at all
 (:meth:`Peer.unavailable`): not installed, or installed but unable to run
 in this process (the reason is given, taken from what failed). Only a peer
 that ran gets a number; the table never shows an invented one.
 
-Both peers are set up to be as fast as they can be in-process, so that a
-win against them means something: Huey's consumer polls its in-memory
-queue every 1 ms (its default of 100 ms would only idle its workers), and
-Dramatiq's results are collected after ``broker.join`` so that its
-result polling never sleeps.
+Every peer is set up to be as fast as it can be in-process, so that a
+win against it means something: Huey's consumer polls its queue every
+1 ms (its default of 100 ms would only idle its workers), Dramatiq's
+results are collected after ``broker.join`` so that its result polling
+never sleeps, and persist-queue's consumers wait at most 10 ms for a put
+they did not hear of.
+
+:data:`PEERS` run the in-memory no-op scenario; :data:`JOURNAL_PEERS`
+(persist-queue's ``SQLiteAckQueue`` and Huey's ``SqliteHuey``) the
+durable-journal one, each on a fresh file in a temporary directory per
+run, with their own default durability.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import tempfile
 import threading
 from importlib import metadata
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional
 
-from .workloads import noop
+from .workloads import concurrent_throughput, noop
 
-__all__ = ["Peer", "Huey", "Dramatiq", "PEERS", "version_of"]
+__all__ = ["Peer", "Huey", "Dramatiq", "PEERS", "PersistQueue", "SqliteHuey", "JOURNAL_PEERS",
+           "version_of"]
 
 INSTALL_HINT = "not installed (pip install '.[bench]')"
 # A peer that cannot finish a handful of no-op tasks in this long is not
@@ -112,7 +122,10 @@ class Huey(Peer):
 
 
 def _huey_round(task: Callable[[], Any], tasks: int) -> None:
-    results = [task() for _ in range(tasks)]
+    _huey_await([task() for _ in range(tasks)])
+
+
+def _huey_await(results: List[Any]) -> None:
     for result in results:
         result.get(blocking=True, timeout=_WAIT_TIMEOUT)
 
@@ -179,3 +192,140 @@ def _dramatiq_round(broker: Any, backend: Any, actor: Any, tasks: int) -> None:
 
 PEERS: List[Peer] = [Huey(), Dramatiq()]
 """The peers scenario 9 runs against, in table order."""
+
+
+# -- durable peers: the journal scenario -------------------------------------------------
+
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def sqlite_default_synchronous() -> str:
+    """Return this sqlite3's default ``PRAGMA synchronous`` ("FULL" unless built otherwise).
+
+    Both durable peers leave it as it is, and it decides whether each of
+    their commits waits for an fsync: their notes say what it is here.
+    """
+    conn = sqlite3.connect(":memory:")
+    try:
+        value = conn.execute("PRAGMA synchronous").fetchone()[0]
+    finally:
+        conn.close()
+    return _SYNCHRONOUS.get(value, str(value))
+
+
+_DEFAULT_SYNCHRONOUS = sqlite_default_synchronous()
+# A persist-queue item: run the no-op, or stop the consumer that gets it.
+_RUN, _STOP = "noop", "stop"
+
+
+class PersistQueue(Peer):
+    """persist-queue's ``SQLiteAckQueue``: producers put, consumer threads get, call and ack."""
+
+    name = "persist-queue"
+    distribution = "persist-queue"
+    setup = ("SQLiteAckQueue(dir, multithreading=True) with its defaults: WAL, a commit per "
+             f"put, get and ack, SQLite's default synchronous={_DEFAULT_SYNCHRONOUS}; "
+             "4 consumer threads doing get(raw=True, timeout=0.01) -> call -> ack; "
+             "done when every task is acked")
+
+    def throughput(self, workers: int, tasks: int, producers: int = 1) -> Dict[str, float]:
+        """Put ``tasks`` items from ``producers`` threads; return tasks acked per second."""
+        import persistqueue
+
+        with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as directory:
+            queue = persistqueue.SQLiteAckQueue(directory, multithreading=True)
+            acked = _Tally()
+            consumers = [threading.Thread(target=_ack_consumer, args=(queue, acked),
+                                          name=f"persist-queue-{i}", daemon=True)
+                         for i in range(workers)]
+            for thread in consumers:
+                thread.start()
+            try:
+                for _ in range(workers):
+                    queue.put(_RUN)
+                acked.wait_for(workers)  # warm: the file is made and the consumers are up
+                return concurrent_throughput(producers, tasks, lambda: queue.put(_RUN),
+                                             lambda _: acked.wait_for(workers + tasks))
+            finally:
+                for _ in consumers:
+                    queue.put(_STOP)
+                for thread in consumers:
+                    thread.join(_WAIT_TIMEOUT)
+                queue.close()  # before its directory goes
+
+
+def _ack_consumer(queue: Any, acked: _Tally) -> None:
+    from persistqueue.exceptions import Empty
+
+    while True:
+        try:
+            # get() sleeps on an Event that a put racing it can leave unset
+            # until its 10 s tick; the timeout bounds what one miss costs.
+            item = queue.get(raw=True, timeout=0.01)
+        except Empty:
+            continue
+        if item["data"] == _STOP:
+            queue.ack(item)
+            return
+        noop()
+        queue.ack(item)
+        acked.add()
+
+
+class _Tally:
+    """Counts finished tasks, for a caller that waits for a number of them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self._awaited = 0
+
+    def add(self) -> None:
+        """Count one finished task; any thread."""
+        with self._cond:
+            self._count += 1
+            if self._count == self._awaited:
+                self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = _WAIT_TIMEOUT) -> None:
+        """Wait until ``count`` tasks in all have been counted (one caller at a time).
+
+        Raises:
+            TimeoutError: they had not after ``timeout`` seconds.
+        """
+        with self._cond:
+            self._awaited = count
+            if not self._cond.wait_for(lambda: self._count >= count, timeout):
+                raise TimeoutError(f"{self._count} of {count} tasks finished in {timeout} s")
+
+
+class SqliteHuey(Peer):
+    """Huey's ``SqliteHuey`` and its consumer's thread workers, in this process."""
+
+    name = "SqliteHuey"
+    distribution = "huey"
+    setup = ("SqliteHuey(filename, store_none=True) with its defaults: WAL, a commit per "
+             "enqueue, dequeue, result write and result read, SQLite's default "
+             f"synchronous={_DEFAULT_SYNCHRONOUS}; Consumer(worker_type='thread', workers=4) "
+             "polling every 1 ms; results awaited with result.get(blocking=True)")
+
+    def throughput(self, workers: int, tasks: int, producers: int = 1) -> Dict[str, float]:
+        """Enqueue ``tasks`` tasks from ``producers`` threads, await each result; return tasks/s."""
+        from huey import SqliteHuey
+
+        with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as directory:
+            huey = SqliteHuey("taskqueue-benchmark", filename=os.path.join(directory, "huey.db"),
+                              results=True, store_none=True)
+            task = huey.task()(noop)
+            consumer = _huey_consumer(huey, workers)
+            consumer.start()
+            try:
+                _huey_round(task, workers)  # warm: every worker has polled once
+                return concurrent_throughput(producers, tasks, task, _huey_await)
+            finally:
+                consumer.stop(graceful=True)
+                huey.storage.close()  # before its directory goes
+
+
+JOURNAL_PEERS: List[Peer] = [PersistQueue(), SqliteHuey()]
+"""The durable peers the journal scenario runs against, in table order."""

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import taskqueue
 
 from .harness import Result
-from .peers import PEERS, version_of
+from .peers import JOURNAL_PEERS, PEERS, version_of
 
 __all__ = ["SCHEMA_VERSION", "machine", "render_table", "render_markdown", "to_json",
            "format_figure", "format_ratio"]
@@ -48,7 +48,8 @@ def machine(*, mode: str, command: str, rounds: int, warmup: int) -> Dict[str, A
         "command": command,
         "rounds": rounds,
         "warmup": warmup,
-        "peers": {peer.distribution: version_of(peer.distribution) for peer in PEERS},
+        "peers": {peer.distribution: version_of(peer.distribution)
+                  for peer in PEERS + JOURNAL_PEERS},
         # How busy the shared machine was; the CLI fills in "end" when the run ends.
         "load_average": {"start": load_average(), "end": None},
     }

@@ -5,11 +5,19 @@ Executor API, so both sides of a comparison run the very same driver code:
 only the factory differs. Every driver builds its pool, warms it (all worker
 threads started and idle), times only the part the metric is about, and
 shuts the pool down outside the clock. Each returns its figures as a dict.
+
+:func:`concurrent_throughput` is the driver of the durable-journal
+scenario: several producer threads submit at once (a journal's group
+commit only pays off for concurrent submitters), to taskqueue, the raw
+SQLite loop and the peers alike; :func:`journaled_throughput` runs it on a
+``TaskQueue`` with or without a journal.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -19,6 +27,7 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
 
+from taskqueue import TaskQueue
 from taskqueue.workqueue import WorkQueue  # the priority scenario measures its ordering alone
 
 from .harness import percentile
@@ -35,6 +44,9 @@ __all__ = [
     "streamed",
     "FifoWorkQueue",
     "queue_cycle",
+    "shares",
+    "concurrent_throughput",
+    "journaled_throughput",
 ]
 
 ExecutorFactory = Callable[[], Executor]
@@ -279,3 +291,104 @@ def queue_cycle(make: Callable[[], WorkQueue], items: int) -> Dict[str, float]:
         done()
     elapsed = perf_counter() - start
     return {"throughput": items / elapsed, "seconds": elapsed}
+
+
+# -- several producers at once: the durable-journal scenario ---------------------------
+
+
+def shares(tasks: int, producers: int) -> List[int]:
+    """Return how many of ``tasks`` each of ``producers`` submits: as even as can be.
+
+    Raises:
+        ValueError: ``producers`` < 1 or ``tasks`` < 0.
+    """
+    if producers < 1:
+        raise ValueError(f"producers must be >= 1, got {producers}")
+    if tasks < 0:
+        raise ValueError(f"tasks must be >= 0, got {tasks}")
+    each, extra = divmod(tasks, producers)
+    return [each + (1 if index < extra else 0) for index in range(producers)]
+
+
+def concurrent_throughput(producers: int, tasks: int, submit: Callable[[], Any],
+                          await_all: Callable[[List[Any]], None]) -> Dict[str, float]:
+    """Call ``submit`` ``tasks`` times from ``producers`` threads at once; return tasks per second.
+
+    The producer threads are started first and released together at a
+    barrier, when the clock starts; it stops once ``await_all`` has
+    returned, given everything the ``submit`` calls returned (handles,
+    results to wait on, or Nones for a contender that counts its own).
+
+    Args:
+        producers: how many threads submit.
+        tasks: how many ``submit`` calls in all, shared out by :func:`shares`.
+        submit: queues one task; called from the producer threads.
+        await_all: waits until every task submitted has run; called from
+            this thread once every producer is done.
+
+    Raises:
+        Whatever a producer's ``submit`` raised (the first such error), once
+        every producer has stopped.
+    """
+    counts = shares(tasks, producers)
+    returned: List[List[Any]] = [[] for _ in counts]
+    errors: List[BaseException] = []
+    go = threading.Barrier(producers + 1)
+
+    def produce(index: int) -> None:
+        try:
+            go.wait(_WARM_TIMEOUT)
+            returned[index] = [submit() for _ in range(counts[index])]
+        except BaseException as exc:  # handed to the caller below, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(index,), name=f"producer-{index}",
+                                daemon=True) for index in range(producers)]
+    for thread in threads:
+        thread.start()
+    go.wait(_WARM_TIMEOUT)
+    start = perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    await_all([item for share in returned for item in share])
+    elapsed = perf_counter() - start
+    return {"throughput": tasks / elapsed, "seconds": elapsed}
+
+
+def journaled_throughput(workers: int, producers: int, tasks: int, *,
+                         durability: Optional[str] = "normal",
+                         fn: Callable[[], object] = noop) -> Dict[str, float]:
+    """Run ``tasks`` calls of ``fn`` through a ``TaskQueue`` with a fresh journal.
+
+    ``fn`` is registered with ``@queue.task`` (what a journal requires) and
+    every handle is awaited. The journal file lives in a temporary
+    directory made for this run and removed after it, so no round inherits
+    another's file.
+
+    Args:
+        workers, producers, tasks: as :func:`concurrent_throughput` takes them.
+        durability: the journal's ``durability=``; None runs the same queue
+            and task function without a journal (in memory), for comparison.
+        fn: the task, a function of no arguments (a no-op by default).
+    """
+    with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as directory:
+        options: Dict[str, Any] = {}
+        if durability is not None:
+            options = {"journal": os.path.join(directory, "journal.db"), "durability": durability}
+        queue = TaskQueue(workers=workers, **options)
+        try:
+            task = queue.task(fn)
+            queue.start()
+            for handle in [task.submit() for _ in range(workers)]:
+                handle.result()  # warm: the file, its writer and every worker have run
+            return concurrent_throughput(producers, tasks, task.submit, _await_handles)
+        finally:
+            # Outside the clock; closes the journal before its directory goes.
+            queue.shutdown(wait=True)
+
+
+def _await_handles(handles: List[Any]) -> None:
+    for handle in handles:
+        handle.result()
