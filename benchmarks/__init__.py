@@ -9,17 +9,20 @@ Run it from the repository root::
     python -m benchmarks --json out.json --plot charts/ --markdown perf.md
 
 Every figure is a **ratio measured in one run**: taskqueue and its baselines
-(``ThreadPoolExecutor``, a bare ``queue.Queue`` loop, Huey, Dramatiq) run in
-the same process, interleaved round by round, and the ratio
-``taskqueue / baseline`` is taken per round; the table shows its median
-with the min and max, because these machines are shared and noisy.
+(``ThreadPoolExecutor``, a bare ``queue.Queue`` loop, a raw SQLite
+group-commit loop, Huey, Dramatiq, persist-queue) run in the same process,
+interleaved round by round, and the ratio ``taskqueue / baseline`` is taken
+per round; the table shows its median with the min and max, because these
+machines are shared and noisy.
 
 Layout: ``registry`` (the ``@scenario`` registry and the context a scenario
 runs in), ``scenarios`` (one small function per scenario), ``harness``
 (rounds, interleaving, medians, ratios), ``workloads`` (drivers of any
-Executor), ``baselines`` (ThreadPoolExecutor, the bare loop), ``peers``
-(Huey and Dramatiq, in-process), ``report`` (table, Markdown, JSON),
-``plot`` (PNG charts, matplotlib optional), ``progress``, ``cli``.
+Executor, and of several producers at once), ``baselines``
+(ThreadPoolExecutor, the bare loop, the SQLite group-commit loop),
+``peers`` (Huey and Dramatiq in memory, persist-queue and SqliteHuey on a
+file, all in-process), ``report`` (table, Markdown, JSON), ``plot`` (PNG
+charts, matplotlib optional), ``progress``, ``cli``.
 
 JSON schema (``--json FILE``, ``meta.schema`` = 1)::
 
@@ -38,7 +41,8 @@ JSON schema (``--json FILE``, ``meta.schema`` = 1)::
         "command": "python -m benchmarks --json out.json",
         "rounds": 5,                 # rounds kept per figure
         "warmup": 1,                 # rounds run first and thrown away
-        "peers": {"huey": "2.5.0" | null, "dramatiq": "1.17.0" | null},
+        "peers": {"huey": "2.5.0" | null, "dramatiq": "1.17.0" | null,
+                  "persist-queue": "1.1.0" | null},
         "load_average": {"start": [1.2, 0.8, 0.5] | null, "end": [...] | null}   # 1, 5, 15 min
       },
       "results": [                   # one per table row

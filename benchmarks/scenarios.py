@@ -19,13 +19,19 @@ from typing import Callable, Dict, List, Optional
 from taskqueue import Backoff, TaskQueue
 from taskqueue.workqueue import WorkQueue
 
-from .baselines import bare_loop_throughput, ideal_throughput, thread_pool
-from .harness import Metric, Result, Target
-from .peers import PEERS, version_of
+from .baselines import (
+    bare_loop_throughput,
+    group_commit_throughput,
+    ideal_throughput,
+    thread_pool,
+)
+from .harness import Metric, Result, Samples, Target
+from .peers import JOURNAL_PEERS, PEERS, Peer, version_of
 from .registry import Context, scenario
 from .workloads import (
     FailOnce,
     FifoWorkQueue,
+    journaled_throughput,
     latency,
     noop,
     pending_memory,
@@ -262,18 +268,20 @@ def peers(ctx: Context) -> List[Result]:
     }
     contenders[TASKQUEUE] = lambda: throughput(_queue(workers), workers, [noop] * tasks)
     samples = ctx.measure(contenders)
-    rows = []
-    for peer in PEERS:
-        version = version_of(peer.distribution)
-        shown = f"{peer.name} {version}" if version else peer.name
-        reason = reasons[peer.name]
-        if reason is None:
-            rows.append(ctx.compare(samples, THROUGHPUT, peer.name, target=Target.above(1.0),
-                                    note=f"{shown}: {peer.setup}", peer_version=version))
-        else:
-            rows.append(ctx.not_measured(samples, THROUGHPUT, peer.name, target=Target.above(1.0),
-                                         note=f"{shown}: {reason}", peer_version=version))
-    return rows
+    return [_peer_row(ctx, samples, THROUGHPUT, peer, reasons[peer.name]) for peer in PEERS]
+
+
+def _peer_row(ctx: Context, samples: Samples, metric: Metric, peer: Peer, reason: Optional[str],
+              *, subject: str = TASKQUEUE) -> Result:
+    # A peer that ran gets its ratio; one that could not gets a row saying
+    # why, with no number invented.
+    version = version_of(peer.distribution)
+    shown = f"{peer.name} {version}" if version else peer.name
+    if reason is None:
+        return ctx.compare(samples, metric, peer.name, subject=subject, target=Target.above(1.0),
+                           note=f"{shown}: {peer.setup}", peer_version=version)
+    return ctx.not_measured(samples, metric, peer.name, subject=subject, target=Target.above(1.0),
+                            note=f"{shown}: {reason}", peer_version=version)
 
 
 @scenario("priority", "10. Priorities, every task at priority 0: the queue's levels against a plain FIFO",
@@ -291,3 +299,72 @@ def equal_priority(ctx: Context) -> List[Result]:
     return [ctx.compare(samples, metric, fifo, target=Target.at_least(0.95),
                         note="one thread, the queue half full; the FIFO is the same WorkQueue "
                              "with its four ordering hooks replaced by one deque")]
+
+
+@scenario("journal", "11. Durable journal: journaled no-op throughput from 8 producers, "
+                     "4 workers, against peers' SQLite storage",
+          full={"tasks": 10_000, "workers": 4, "producers": 8},
+          quick={"tasks": 500, "workers": 4, "producers": 8},
+          smoke={"tasks": 200, "workers": 4, "producers": 8})
+def journal(ctx: Context) -> List[Result]:
+    tasks, workers, producers = ctx.sizes["tasks"], ctx.sizes["workers"], ctx.sizes["producers"]
+    memory, full = "taskqueue, in memory", "taskqueue, durability=full"
+    loop = f"SQLite group commit, {workers} threads"
+    reasons = {peer.name: peer.unavailable() for peer in JOURNAL_PEERS}
+    contenders = {
+        memory: lambda: journaled_throughput(workers, producers, tasks, durability=None),
+        loop: lambda: group_commit_throughput(workers, producers, tasks),
+    }
+    for peer in JOURNAL_PEERS:
+        if reasons[peer.name] is None:
+            contenders[peer.name] = (lambda peer=peer: peer.throughput(workers, tasks, producers))
+    contenders[full] = lambda: journaled_throughput(workers, producers, tasks, durability="full")
+    contenders[TASKQUEUE] = lambda: journaled_throughput(workers, producers, tasks)
+    samples = ctx.measure(contenders)
+    synced = Metric("throughput", "throughput, durability=full", "tasks/s", True)
+    return [
+        # No target: how much of in-memory throughput the journal keeps.
+        ctx.compare(samples, THROUGHPUT, memory,
+                    note="taskqueue: TaskQueue(workers=4, journal=<fresh file per run>), "
+                         "durability='normal' (the default: no fsync per commit; 'full' fsyncs "
+                         "each commit group, as the peers' synchronous=FULL does each commit), "
+                         "a @queue.task no-op, every handle's result awaited; in memory: the "
+                         "same queue and task function without journal="),
+        *[_peer_row(ctx, samples, THROUGHPUT, peer, reasons[peer.name])
+          for peer in JOURNAL_PEERS],
+        # No target: the practical limit of SQLite from Python, for scale.
+        ctx.compare(samples, THROUGHPUT, loop,
+                    note="SQLite group commit: WAL, synchronous=NORMAL, one writer thread "
+                         "inserting what producers handed it (each waits for its commit) and "
+                         "deleting finished rows, one executemany each per transaction; "
+                         "threads run the committed rows; no futures, no started records"),
+        # The peers leave SQLite's default synchronous=FULL, an fsync per
+        # commit: durability="full" is the like-for-like comparison.
+        *[_peer_row(ctx, samples, synced, peer, reasons[peer.name], subject=full)
+          for peer in JOURNAL_PEERS],
+    ]
+
+
+@scenario("journal-io", "12. Durable journal, I/O-bound: tasks sleeping 1 ms, 8 producers, "
+                        "4 workers, journaled against in memory",
+          full={"tasks": 4_000, "workers": 4, "producers": 8},
+          quick={"tasks": 1_000, "workers": 4, "producers": 8},
+          smoke={"tasks": 100, "workers": 4, "producers": 8})
+def journal_io(ctx: Context) -> List[Result]:
+    tasks, workers, producers = ctx.sizes["tasks"], ctx.sizes["workers"], ctx.sizes["producers"]
+    memory = "taskqueue, in memory"
+    loop = f"SQLite group commit, {workers} threads"
+    samples = ctx.measure({
+        memory: lambda: journaled_throughput(workers, producers, tasks, durability=None,
+                                             fn=sleep_1ms),
+        loop: lambda: group_commit_throughput(workers, producers, tasks, sleep_1ms),
+        TASKQUEUE: lambda: journaled_throughput(workers, producers, tasks, fn=sleep_1ms),
+    })
+    return [
+        ctx.compare(samples, THROUGHPUT, memory, target=Target.at_least(0.7),
+                    note="each task waits 1 ms in time.sleep, like a short call to another "
+                         "service; otherwise as in scenario 11 (a fresh journal file per run, "
+                         "durability='normal', every handle awaited)"),
+        # No target: what any durable queue on SQLite reaches with these tasks.
+        ctx.compare(samples, THROUGHPUT, loop),
+    ]
