@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import queue
 from collections import deque
+from operator import itemgetter
 from time import monotonic
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .errors import QueueClosed, QueueFull
 
@@ -58,10 +59,12 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
 
     def _init(self, maxsize: int) -> None:
         self._buckets: Dict[Any, Deque[Any]] = {}
-        # The priorities in use, highest first, and their buckets in that
-        # order: _get looks at the buckets in turn.
-        self._priorities: List[Any] = []
+        # The buckets in use, highest priority first (_get looks at them in
+        # turn), and the same with their priorities, as pairs: each list is
+        # replaced whole, never changed in place, so that outranked() can
+        # read one without the mutex.
         self._order: List[Deque[Any]] = []
+        self._levels: List[Tuple[Any, Deque[Any]]] = []
         self._size = 0
 
     def _qsize(self) -> int:
@@ -91,8 +94,8 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             self._buckets = {p: b for p, b in self._buckets.items() if b}
         bucket: Deque[Any] = deque()
         self._buckets[priority] = bucket
-        self._priorities = sorted(self._buckets, reverse=True)
-        self._order = [self._buckets[p] for p in self._priorities]
+        self._levels = sorted(self._buckets.items(), key=itemgetter(0), reverse=True)
+        self._order = [bucket for _, bucket in self._levels]
         return bucket
 
     # -- admission ------------------------------------------------------------
@@ -151,14 +154,20 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         """Whether an item that ``priority`` must not overtake is waiting, or re-entry is sealed.
 
         True if the queue is sealed or an item of higher priority is queued.
+
+        A hint, read without the mutex: the answer may be out of date by the
+        time it is used, as it could be an instant after any locked read.
+        Every read is of one whole object (a flag, the level list, a deque's
+        length), so it is also safe without the GIL. Taking the mutex here,
+        once per failed attempt, made workers that retry convoy behind the
+        producers on it: four workers retrying ran at a third of one.
         """
-        with self.mutex:
-            if self.sealed:
-                return True
-            for level, bucket in zip(self._priorities, self._order):
-                if bucket:
-                    return level > priority  # type: ignore[no-any-return]
-            return False
+        if self.sealed:
+            return True
+        for level, bucket in self._levels:
+            if bucket:
+                return level > priority  # type: ignore[no-any-return]
+        return False
 
     def wake_workers(self, item: Any) -> None:
         """Put ``item`` (a stop sentinel) in, past the bound and any seal."""
