@@ -603,9 +603,12 @@ class TaskQueue(JournalSupport, Executor):
         if delay is None:
             self._fail(handle, exc, tally)
             return
-        if log.isEnabledFor(logging.WARNING):
-            log.warning("task %s (%s) failed on attempt %d, retrying in %.3gs: %s",
-                        handle._name, handle.id, attempt, delay, _describe(exc))
+        # INFO, as Celery, Dramatiq and Huey log a retry: it is the queue
+        # doing its job. With logging unconfigured it then costs one check,
+        # not a LogRecord per failed attempt for the NullHandler to drop.
+        if log.isEnabledFor(logging.INFO):
+            log.info("task %s (%s) failed on attempt %d, retrying in %.3gs: %s",
+                     handle._name, handle.id, attempt, delay, _describe(exc))
         if handle._id is not None:
             self._journal.record_retry(handle._id, attempt, time.time() + delay)  # type: ignore[union-attr]
         handle._back_to_pending(scheduled=delay > 0)

@@ -129,16 +129,16 @@ def test_printed_seed_repeats_a_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert outcome(again) == outcome(first)
 
 
-def test_log_level_warning_shows_the_librarys_retries_on_stderr(
+def test_log_level_info_shows_the_librarys_retries_on_stderr(
         capsys: pytest.CaptureFixture[str]) -> None:
     logger = logging.getLogger("taskqueue")
     handlers, level = list(logger.handlers), logger.level
 
     assert main(["demo", "--bookings", "3", "--failure-rate", "1", "--seed", "1",
-                 "--log-level", "warning"]) == 0
+                 "--log-level", "info"]) == 0
 
     err = capsys.readouterr().err
-    assert "WARNING taskqueue.pool: task " in err and "retrying in" in err
+    assert "INFO taskqueue.pool: task " in err and "retrying in" in err
     assert "ERROR taskqueue.pool: task " in err and "Traceback" in err  # final failures
     assert (logger.handlers, logger.level) == (handlers, level)  # nothing left behind
 

@@ -247,19 +247,28 @@ def test_dead_letters_are_bounded_oldest_dropped(make_queue: Callable[..., TaskQ
 # -- retries and failures are logged --------------------------------------------------
 
 
-def test_retries_log_a_warning_and_failures_an_error_with_traceback(
+def test_retries_log_at_info_and_failures_an_error_with_traceback(
         make_queue: Callable[..., TaskQueue], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="taskqueue")
+    caplog.set_level(logging.INFO, logger="taskqueue")
     queue = make_queue(retries=1, backoff=Backoff.none())
     handle = queue.submit(Task(FailTimes(5), ("k",), name="send_mail"))
     handle.exception(WAIT)
     assert queue.join(WAIT)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(warnings) == 1 and len(errors) == 1
-    assert "send_mail" in warnings[0].getMessage() and handle.id in warnings[0].getMessage()
-    assert "attempt 1" in warnings[0].getMessage()
+    assert len(infos) == 1 and len(errors) == 1
+    assert "send_mail" in infos[0].getMessage() and handle.id in infos[0].getMessage()
+    assert "attempt 1" in infos[0].getMessage() and "retrying in" in infos[0].getMessage()
     assert errors[0].exc_info is not None and errors[0].name.startswith("taskqueue")
+
+
+def test_a_retry_logs_nothing_at_warning(
+        make_queue: Callable[..., TaskQueue], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="taskqueue")
+    queue = make_queue(retries=1, backoff=Backoff.none())
+    handle = queue.submit(FailTimes(1), "k")
+    assert handle.result(WAIT) == "k" and handle.attempts == 2
+    assert [r for r in caplog.records if r.name.startswith("taskqueue")] == []
 
 
 def test_the_library_only_adds_a_null_handler() -> None:
