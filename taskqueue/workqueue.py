@@ -54,6 +54,10 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         self.admitted = 0
         """How many items producers have put (under the mutex)."""
         self._room_waiters: List[Callable[[], object]] = []
+        # How many threads wait in get() for an item, and in admit() for
+        # room (under the mutex): a notify with nobody waiting is skipped.
+        self._waiting_for_item = 0
+        self._waiting_for_room = 0
 
     # -- ordering (override these to change it) ------------------------------
 
@@ -98,6 +102,92 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         self._order = [bucket for _, bucket in self._levels]
         return bucket
 
+    # -- taking and finishing (queue.Queue's own, leaner) ---------------------
+    #
+    # The same contract as queue.Queue's get/put/task_done, written against
+    # the mutex directly: Queue's versions enter Python-level Condition
+    # methods three times per item and notify even when nobody waits. On
+    # the hot path each of those is a stretch in which the mutex is held
+    # while the GIL can pass to another thread, and everyone else then waits.
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Remove and return the next item, as ``queue.Queue.get`` does.
+
+        Raises:
+            queue.Empty: none came (at once without ``block``, or within ``timeout``).
+            ValueError: ``timeout`` is negative.
+        """
+        with self.mutex:
+            if not self._qsize():
+                self._wait_for_item(block, timeout)
+            item = self._get()
+            if self._waiting_for_room:
+                self.not_full.notify()
+            return item
+
+    def _wait_for_item(self, block: bool, timeout: Optional[float]) -> None:
+        # Called with the mutex held.
+        if not block:
+            raise queue.Empty
+        if timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        deadline = None if timeout is None else monotonic() + timeout
+        self._waiting_for_item += 1
+        try:
+            while not self._qsize():
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise queue.Empty
+                self.not_empty.wait(remaining)
+        finally:
+            self._waiting_for_item -= 1
+
+    def finish_and_get(self, finished: int) -> Any:
+        """Mark ``finished`` items done, then take the next item, waiting for one.
+
+        A worker's ``task_done`` for the task it finished and ``get`` for its
+        next one, in a single trip through the mutex instead of two.
+
+        Raises:
+            ValueError: ``finished`` is more than the items not yet done.
+        """
+        with self.mutex:
+            if finished:
+                self._mark_done(finished)
+            if not self._qsize():
+                self._wait_for_item(True, None)
+            item = self._get()
+            if self._waiting_for_room:
+                self.not_full.notify()
+            return item
+
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """A producer's put: :meth:`admit` (it may raise QueueClosed too)."""
+        self.admit(item, block=block, timeout=timeout)
+
+    def task_done(self, count: int = 1) -> None:
+        """Mark ``count`` accepted items as ended, as ``queue.Queue.task_done`` does one.
+
+        Raises:
+            ValueError: more items marked done than were accepted (none is then marked).
+        """
+        with self.mutex:
+            self._mark_done(count)
+
+    def _mark_done(self, count: int) -> None:
+        # Called with the mutex held.
+        unfinished = self.unfinished_tasks - count
+        if unfinished <= 0:
+            if unfinished < 0:
+                raise ValueError("task_done() called too many times")
+            self.all_tasks_done.notify_all()
+        self.unfinished_tasks = unfinished
+
+    def _wake_a_worker(self) -> None:
+        # Called with the mutex held, after an item went in.
+        if self._waiting_for_item:
+            self.not_empty.notify()
+
     # -- admission ------------------------------------------------------------
 
     def admit(self, item: Any, *, block: bool = True, timeout: Optional[float] = None,
@@ -124,7 +214,8 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             self._put(item)
             self.admitted += 1
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            if self._waiting_for_item:
+                self.not_empty.notify()
 
     def _wait_for_room(self, block: bool, timeout: Optional[float]) -> None:
         # Called with the mutex held; also wakes (and fails) on close.
@@ -135,7 +226,11 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
                 raise QueueFull(
                     f"{self.name} is full ({self.maxsize} tasks queued); "
                     "add workers, raise maxsize, or wait longer (submit_timeout)")
-            self.not_full.wait(remaining)
+            self._waiting_for_room += 1
+            try:
+                self.not_full.wait(remaining)
+            finally:
+                self._waiting_for_room -= 1
 
     def reenter(self, item: Any) -> bool:
         """Put back an item that was accepted before, past the bound.
@@ -147,7 +242,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             if self.sealed:
                 return False
             self._put(item)
-            self.not_empty.notify()
+            self._wake_a_worker()
             return True
 
     def outranked(self, priority: Any) -> bool:
@@ -173,7 +268,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         """Put ``item`` (a stop sentinel) in, past the bound and any seal."""
         with self.mutex:
             self._put(item)
-            self.not_empty.notify()
+            self._wake_a_worker()
 
     def close(self) -> None:
         """Refuse producers from now on; wake any waiting for room."""

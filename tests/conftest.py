@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Callable, Iterator, List
 
@@ -12,6 +13,17 @@ from taskqueue import TaskHandle, TaskQueue, TaskState
 # Generous bound for anything a test waits on: a bug fails the test instead
 # of hanging it, and a slow shared machine does not.
 WAIT = 20.0
+
+
+@pytest.fixture
+def shaken() -> Iterator[None]:
+    """Switch threads as often as the interpreter can, to shake interleavings loose."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 @pytest.fixture

@@ -46,17 +46,6 @@ HANG = 3.0
 
 
 @pytest.fixture
-def shaken() -> Iterator[None]:
-    """Switch threads as often as the interpreter can, to shake interleavings loose."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
-@pytest.fixture
 def quiet_logs() -> Iterator[None]:
     """Silence the taskqueue logger: these tests make it warn a lot, on purpose."""
     logger = logging.getLogger("taskqueue")

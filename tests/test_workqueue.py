@@ -296,3 +296,121 @@ def test_a_subclass_changes_the_order_through_the_hooks():
     work.admit(4)
     work.admit(5)
     assert work.seal() == [5, 4]
+
+
+# -- get / put / task_done: queue.Queue's contract, with notifies skipped ----------
+
+
+def test_get_without_block_raises_empty_at_once():
+    work = WorkQueue(maxsize=1)
+    with pytest.raises(queue.Empty):
+        work.get(block=False)
+    with pytest.raises(queue.Empty):
+        work.get_nowait()
+
+
+def test_get_raises_empty_after_its_timeout():
+    work = WorkQueue(maxsize=1)
+    with pytest.raises(queue.Empty):
+        work.get(timeout=0.01)
+    with pytest.raises(ValueError, match="timeout"):
+        work.get(timeout=-1)
+
+
+def test_put_is_a_producers_admit():
+    work = WorkQueue(maxsize=1)
+    work.put("a")
+    assert (work.admitted, work.unfinished_tasks) == (1, 1)
+    with pytest.raises(QueueFull):
+        work.put("b", block=False)
+    work.close()
+    work.get()
+    with pytest.raises(QueueClosed):
+        work.put("c")
+
+
+def test_task_done_called_too_often_raises_and_changes_nothing():
+    work = WorkQueue(maxsize=0)
+    work.admit(1)
+    work.get()
+    work.task_done()
+    with pytest.raises(ValueError, match="too many times"):
+        work.task_done()
+    assert work.unfinished_tasks == 0
+
+
+@pytest.mark.parametrize("maxsize", [1, 2, 8])
+def test_no_wakeup_is_lost_when_nobody_seems_to_wait(maxsize, shaken):
+    # A notify is skipped when no thread waits: if the count of waiters
+    # were ever too low, a getter or a producer would sleep for ever with
+    # an item or room there for it, and the joins below would time out.
+    for _ in range(30):
+        work = WorkQueue(maxsize=maxsize)
+        items, producers, getters = 300, 3, 3
+        got: List[Any] = []
+
+        def produce(base: int) -> None:
+            for i in range(items):
+                work.admit((base, i))
+
+        def consume() -> None:
+            while True:
+                item = work.get(timeout=WAIT)
+                if item is None:
+                    return
+                got.append(item)
+                work.task_done()
+
+        threads = ([threading.Thread(target=produce, args=(p,), daemon=True) for p in range(producers)]
+                   + [threading.Thread(target=consume, daemon=True) for _ in range(getters)])
+        for thread in threads:
+            thread.start()
+        for thread in threads[:producers]:
+            thread.join(WAIT)
+        assert work.wait_all_done(WAIT)
+        for _ in range(getters):
+            work.wake_workers(None)
+        for thread in threads:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        assert sorted(got) == [(p, i) for p in range(producers) for i in range(items)]
+
+
+def test_task_done_marks_a_count_at_once():
+    work = WorkQueue(maxsize=0)
+    for item in range(3):
+        work.admit(item)
+    work.task_done(2)
+    assert work.unfinished_tasks == 1
+    with pytest.raises(ValueError, match="too many times"):
+        work.task_done(2)
+    assert work.unfinished_tasks == 1
+
+
+def test_finish_and_get_marks_done_before_it_waits_for_the_next_item():
+    # Given one task taken, and a thread waiting for every task to be done
+    work = WorkQueue(maxsize=0)
+    work.admit("first")
+    assert work.get() == "first"
+    joined = threading.Event()
+    waiter = threading.Thread(target=lambda: work.wait_all_done(WAIT) and joined.set(), daemon=True)
+    waiter.start()
+
+    # When a worker marks it done while taking its next item (none is there yet)
+    got: List[Any] = []
+    worker = threading.Thread(target=lambda: got.append(work.finish_and_get(1)), daemon=True)
+    worker.start()
+
+    # Then the waiter is released at once, and the worker gets the next item
+    assert joined.wait(WAIT)
+    work.admit("second")
+    worker.join(WAIT)
+    assert got == ["second"] and work.unfinished_tasks == 1
+
+
+def test_finish_and_get_refuses_to_mark_more_than_are_unfinished():
+    work = WorkQueue(maxsize=0)
+    work.admit("a")
+    with pytest.raises(ValueError, match="too many times"):
+        work.finish_and_get(2)
+    assert work.unfinished_tasks == 1 and work.get_nowait() == "a"
