@@ -592,8 +592,8 @@ class TaskQueue(JournalSupport, Executor):
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
-        handle._acked = True  # as _acknowledge(), inlined on the hot path
-        self._work.task_done()
+        # The worker marks it done on the queue, with its next get.
+        handle._acked = True
 
     def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         """Acknowledge an attempt that raised: retry it, or fail the task."""
@@ -687,6 +687,9 @@ class TaskQueue(JournalSupport, Executor):
                      worker.thread.name, exc_info=exc)
         handle = worker.current
         worker.current = None
+        if worker.unacknowledged:  # successes it had not yet marked done
+            self._work.task_done(worker.unacknowledged)
+            worker.unacknowledged = 0
         if handle is not None:
             worker.tally.running = 0
             handle._rerun_here = False

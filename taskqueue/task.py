@@ -258,7 +258,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _priority = 0
     _time_limit: Optional[float] = None
     _key: Optional[str] = None
-    _acked = False  # whether the queue has counted this task as ended
+    _acked = False  # whether its end is counted on the queue (or owed by its worker)
     _rerun_here = False  # a retry due now, left to the worker that ran the attempt
     _id: Optional[str] = None  # a journaled task's id, kept across restarts
 

@@ -5,7 +5,9 @@ callbacks, and does four things in a loop: get a handle, start an attempt,
 call the task, and report what happened (``report_success`` /
 ``report_failure``). The pool decides what the outcome means; it may leave
 an immediate retry to the same worker (``handle._rerun_here``), which then
-runs it next instead of taking a new handle.
+runs it next instead of taking a new handle. A task that succeeded is
+marked done on the queue by its worker, in the same trip through the
+queue's mutex that takes the next handle.
 
 A task's exceptions of any kind, ``BaseException`` included, fail that
 attempt and nothing more. If the worker's own code fails (a bug in
@@ -58,7 +60,9 @@ class Worker:
         tally: the counters this worker (alone) writes.
         clock: returns the current time in seconds.
         listeners: told when an attempt starts.
-        report_success: ``(handle, result, tally)``, called after an attempt returned.
+        report_success: ``(handle, result, tally)``, called after an attempt
+            returned; the task is then marked done on the queue by the worker
+            (with its next get, see :attr:`unacknowledged`).
         report_failure: ``(handle, exception, tally)``, called after one raised.
         on_crash: ``(worker, exception)``, called from the dying thread if
             the worker's own code raised.
@@ -86,6 +90,8 @@ class Worker:
         self.tally = tally
         self.current: Optional[TaskHandle] = None
         """The handle whose attempt this worker has started and not yet reported."""
+        self.unacknowledged = 0
+        """Tasks this worker saw succeed and has not yet marked done on the queue."""
         self._work = work
         self._clock = clock
         self._listeners = listeners
@@ -106,15 +112,20 @@ class Worker:
             self._on_crash(self, exc)
 
     def _loop(self) -> None:
-        get = self._work.get
+        finish_and_get = self._work.finish_and_get
         clock = self._clock
         tally = self.tally
         listeners = self._listeners
         default_limit = self._time_limit
         again: Optional[TaskHandle] = None
         while True:
-            handle = again if again is not None else get()
-            again = None
+            if again is not None:
+                handle, again = again, None
+            else:
+                # A success is marked done on the queue here, with the next
+                # get: one trip through the queue's mutex per task, not two.
+                finished, self.unacknowledged = self.unacknowledged, 0
+                handle = finish_and_get(finished)
             if handle is STOP:
                 self._work.wake_workers(STOP)  # pass it on to a sibling
                 return
@@ -153,6 +164,7 @@ class Worker:
                 tally.runs.append(ended - started)
                 tally.ends.append(ended)
                 self._report_success(handle, result, tally)
+                self.unacknowledged += 1
             finally:
                 # Drop this thread's references to the task, its result and
                 # its error before blocking on the next get(): otherwise an
