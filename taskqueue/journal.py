@@ -8,12 +8,16 @@ rows left are the work to resume (:meth:`Journal.recover`).
 One writer thread does every write and commits in groups: whatever was
 queued while the previous transaction committed goes into the next one
 (group commit, with SQLite's write-ahead log). Reads (recovery, the
-command line's summaries) take the connection between two commits. :meth:`record_submit` waits
-until the transaction holding its row has committed, which is what lets
-``submit`` return only once the task is on disk; every other record is
-queued and not waited for (a worker must never wait on the disk, and
-at-least-once delivery tolerates losing them in a crash: the task runs
-again).
+command line's summaries) take the connection between two commits.
+:meth:`record_submit` waits until the transaction holding its row has
+committed, which is what lets ``submit`` return only once the task is on
+disk. Every other record (a start, a completion, a retry, a dead letter)
+is queued and not waited for: a worker must never wait on the disk, and
+at-least-once delivery tolerates losing them in a crash (the task runs
+again). Those ride along with the next submission's commit, or are
+committed on their own after at most a couple of milliseconds. And when
+several submitters were in the last group, the writer gives them a moment
+(half a millisecond at most) to come back and share the next one.
 
 The file is opened in SQLite's exclusive locking mode: one connection, so
 one process and one queue, owns it until it is closed. Every ``sqlite3``
@@ -33,6 +37,7 @@ import sqlite3
 import stat
 import threading
 import time
+from time import monotonic
 from typing import (Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple,
                     Union)
 
@@ -123,15 +128,36 @@ class Row(NamedTuple):
 
 
 class _Waiter:
-    # One submitter waiting for the commit of its row.
-    __slots__ = ("done", "error")
+    # One submitter waiting for the commit of its row. Each has a lock of
+    # its own, held until the writer wakes it: the writer wakes exactly the
+    # waiters of the group it committed, and none has to take the shared
+    # lock again on the way out.
+    __slots__ = ("_lock", "error")
 
     def __init__(self) -> None:
-        self.done = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
         self.error: Optional[BaseException] = None
+
+    def wait(self) -> Optional[BaseException]:
+        self._lock.acquire()
+        return self.error
+
+    def wake(self, error: Optional[BaseException]) -> None:
+        self.error = error
+        self._lock.release()
 
 
 _Op = Tuple[str, Tuple[Any, ...], Optional[_Waiter]]
+
+# How long a record nobody waits for (a start, a completion, a retry) may
+# wait for a submission to share its commit before it is committed alone.
+# Short enough that few completions are lost to a crash (their tasks run
+# again), long enough that a busy queue commits them with its submissions
+# instead of waking the writer for each one.
+_LINGER = 0.002
+# How long the writer may hold a commit for submitters expected to join it.
+_GATHER = 0.0005
 
 _SQL = {
     "submit": "INSERT INTO tasks (id, name, args, kwargs, options, state, attempts, due, "
@@ -190,16 +216,17 @@ class Journal:
         self.durability = durability
         """``"normal"`` or ``"full"``."""
         self._serializer = serializer
-        lock = threading.Lock()  # guards the queue of records and the flags
-        self._cond = threading.Condition(lock)  # the writer waits here for records
-        # Submitters wait here for their commit: apart from the writer's, so
-        # that the records workers queue do not wake every waiting submitter.
-        self._committed = threading.Condition(lock)
+        # Guards the queue of records and the flags; the writer waits on it.
+        self._cond = threading.Condition(threading.Lock())
         self._conn_lock = threading.Lock()  # one user of the connection at a time
         self._close_lock = threading.Lock()
         self._ops: Deque[_Op] = collections.deque()
+        self._waited = 0  # how many queued records have someone waiting for their commit
+        self._expected = 1  # how many waited in the last group: the next may have as many
         self._closing = False
         self._closed = False
+        self._broken: Optional[str] = None  # why the writer thread died, if it did
+        self._file_closed = False
         self._commits = 0
         self._conn = self._open()
         self._writer = threading.Thread(target=self._write_loop, name=f"journal-{self.path}",
@@ -327,18 +354,11 @@ class Journal:
         Raises:
             JournalError: the write failed, or the journal is closed.
         """
-        waiter = _Waiter()
         state = PENDING if due is None else SCHEDULED
         row = (task_id, name, args, kwargs, json.dumps(options), state, due, time.time())
-        with self._cond:
-            if self._closing:
-                raise JournalError(f"{self.path} is closed")
-            self._ops.append(("submit", row, waiter))
-            self._cond.notify()
-            while not waiter.done:
-                self._committed.wait()
-        if waiter.error is not None:
-            raise JournalError(f"{self.path}: could not record the task: {waiter.error}")
+        error = self._wait_for_commit("submit", row)
+        if error is not None:
+            raise JournalError(f"{self.path}: could not record the task: {error}")
 
     def record_started(self, task_id: str, attempts: int) -> None:
         """Note that an attempt started (``running`` if the process stops now)."""
@@ -363,11 +383,29 @@ class Journal:
         self._put("delete_dead", (task_id,))
 
     def _put(self, kind: str, params: Tuple[Any, ...]) -> None:
+        # Not waited for: the writer commits it with the next record someone
+        # waits for, or after _LINGER. So it is woken only by the first record
+        # after it went idle (to start lingering), not by each one.
         with self._cond:
             if self._closing:
                 return  # after close: the task will simply be resumed next time
             self._ops.append((kind, params, None))
+            if len(self._ops) == 1:
+                self._cond.notify()
+
+    def _wait_for_commit(self, kind: str, params: Tuple[Any, ...]) -> Optional[BaseException]:
+        # Queue a record, wake the writer, and wait until the transaction
+        # holding it has ended; return its error, if it failed.
+        waiter = _Waiter()
+        with self._cond:
+            if self._broken is not None:
+                raise JournalError(f"{self.path} cannot be written: {self._broken}")
+            if self._closing:
+                raise JournalError(f"{self.path} is closed")
+            self._ops.append((kind, params, waiter))
+            self._waited += 1
             self._cond.notify()
+        return waiter.wait()
 
     # -- reading --------------------------------------------------------------
 
@@ -458,15 +496,12 @@ class Journal:
     # -- the writer thread ----------------------------------------------------
 
     def flush(self) -> None:
-        """Wait until everything recorded so far is committed."""
-        with self._cond:
-            if self._closed:
-                raise JournalError(f"{self.path} is closed")
-            waiter = _Waiter()
-            self._ops.append(("flush", (), waiter))
-            self._cond.notify()
-            while not waiter.done:
-                self._committed.wait()
+        """Wait until everything recorded so far is committed.
+
+        Raises:
+            JournalError: the journal is closed, or its writer died.
+        """
+        self._wait_for_commit("flush", ())
 
     def close(self) -> None:
         """Commit everything recorded so far, stop the writer and close the file.
@@ -475,9 +510,9 @@ class Journal:
         resumed the next time the journal is opened).
         """
         with self._close_lock:  # a second caller returns only once the file is closed
+            if self._file_closed:
+                return
             with self._cond:
-                if self._closing and self._closed:
-                    return
                 self._closing = True
                 self._cond.notify_all()
             self._writer.join()
@@ -485,6 +520,7 @@ class Journal:
                 self._conn.close()
             except sqlite3.Error as exc:  # pragma: no cover - nothing left to lose
                 log.error("closing journal %s: %s", self.path, exc)
+            self._file_closed = True
 
     @property
     def closed(self) -> bool:
@@ -492,27 +528,68 @@ class Journal:
         return self._closing
 
     def _write_loop(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while not self._ops and not self._closing:
-                    cond.wait()
-                if not self._ops:
-                    self._closed = True
-                    self._committed.notify_all()
-                    return
-                batch = list(self._ops)
-                self._ops.clear()
-            # Outside the queue's lock: submitters keep queuing the next
-            # batch while this one commits.
-            with self._conn_lock:
-                errors = self._commit(batch)
-            with cond:
+        batch: List[_Op] = []
+        try:
+            while True:
+                batch = self._next_batch()
+                if not batch:
+                    return  # closed, and everything committed
+                # Outside the queue's lock: submitters keep queuing the
+                # next group while this one commits.
+                with self._conn_lock:
+                    errors = self._commit(batch)
                 for index, (_, _, waiter) in enumerate(batch):
                     if waiter is not None:
-                        waiter.error = errors.get(index)
-                        waiter.done = True
-                self._committed.notify_all()
+                        waiter.wake(errors.get(index))
+                batch = []
+        except BaseException as exc:  # a bug, or memory: nobody may wait for ever
+            self._writer_died(exc, batch)
+
+    def _next_batch(self) -> List[_Op]:
+        # Wait until there is a group worth committing, or the journal
+        # closes; then take every queued record. An empty list: closed with
+        # nothing left.
+        cond = self._cond
+        with cond:
+            gather_until = None
+            while not self._closing:
+                if self._waited >= self._expected:
+                    break  # everyone who waited last time is back: go
+                if self._waited:
+                    # Group commit: the submitters the last commit woke are
+                    # likely on their way back with their next task; a moment's
+                    # wait lets them share this transaction instead of each
+                    # waiting for one of their own.
+                    if gather_until is None:
+                        gather_until = monotonic() + _GATHER
+                    remaining = gather_until - monotonic()
+                    if remaining <= 0:
+                        break
+                    cond.wait(remaining)
+                elif not self._ops:
+                    cond.wait()
+                elif not cond.wait(_LINGER):
+                    break  # lingered long enough: commit them alone
+            batch = list(self._ops)
+            self._ops.clear()
+            self._expected = max(self._waited, 1)
+            self._waited = 0
+            if not batch:
+                self._closed = True
+            return batch
+
+    def _writer_died(self, exc: BaseException, batch: List[_Op]) -> None:
+        log.critical("journal %s: the writer thread died; nothing more can be recorded",
+                     self.path, exc_info=exc)
+        with self._cond:
+            self._broken = f"its writer thread died ({type(exc).__name__}: {exc})"
+            self._closing = self._closed = True
+            batch += self._ops
+            self._ops.clear()
+        error = JournalError(f"{self.path} cannot be written: {self._broken}")
+        for _, _, waiter in batch:
+            if waiter is not None:
+                waiter.wake(error)
 
     def _commit(self, batch: List[_Op]) -> Dict[int, BaseException]:
         # One transaction for the whole batch. Should it fail, each record

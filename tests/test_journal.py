@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -674,3 +675,61 @@ def test_records_in_a_failed_group_are_written_one_by_one(path: str, journals: A
     # Then only that one failed, whichever group it shared
     assert len(errors) == 1
     assert len(journal.recover()) == 9
+
+
+class _WriterBug(BaseException):
+    """Not an Exception: it gets past the writer's per-record error handling."""
+
+
+class DyingJournal(Journal):
+    """A journal whose writer thread dies on its first commit (the fault seam)."""
+
+    def _commit(self, batch: Any) -> Any:
+        raise _WriterBug("injected bug in the writer")
+
+
+def test_a_dead_writer_fails_its_waiters_and_every_later_record(path: str, caplog: Any) -> None:
+    caplog.set_level(logging.CRITICAL, logger="taskqueue")
+    journal = DyingJournal(path)
+    try:
+        # The submitter whose commit killed the writer is told, not left waiting
+        with pytest.raises(JournalError, match="writer thread died"):
+            journal.record_submit("a", "t", "[]", "{}", {})
+        # ...and so is everyone after it, at once
+        with pytest.raises(JournalError, match="writer thread died"):
+            journal.record_submit("b", "t", "[]", "{}", {})
+        with pytest.raises(JournalError, match="writer thread died"):
+            journal.flush()
+        journal.record_done("a")  # a worker's record: dropped, no error
+        assert any("writer thread died" in r.getMessage() for r in caplog.records)
+    finally:
+        journal.close()  # still releases the file
+    Journal(path).close()
+
+
+def test_records_nobody_waits_for_are_committed_without_a_submission(
+        path: str, journals: Any) -> None:
+    journal = journals(path)
+    journal.record_submit("a", "t", "[]", "{}", {})
+    committed = journal.commits
+
+    journal.record_started("a", 1)  # nobody waits for this one
+    deadline = time.monotonic() + WAIT
+    while journal.commits == committed and time.monotonic() < deadline:
+        threading.Event().wait(0.001)  # polling an effect that has no event to wait on
+
+    assert journal.commits == committed + 1
+    assert journal.counts()["running"] == 1
+
+
+def test_a_submission_takes_the_records_queued_before_it_into_its_commit(
+        path: str, journals: Any) -> None:
+    for _ in range(50):
+        journal = journals(path + "x")
+        journal.record_submit("a", "t", "[]", "{}", {})
+        journal.record_started("a", 1)
+        journal.record_submit("b", "t", "[]", "{}", {})  # returns once committed...
+        rows = {row.id: row.state for row in journal.recover()}
+        assert rows == {"a": "running", "b": "pending"}  # ...with the start before it
+        journal.close()
+        os.remove(path + "x")

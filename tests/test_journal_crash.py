@@ -51,9 +51,12 @@ CHILD = textwrap.dedent('''
         time.sleep(0.005)  # the work itself: long enough to be cut short by a kill
         note(f"end {i}")
 
+    blocking = threading.Event()
+
     @queue.task(name="block")
     def block():
         note("blocking")
+        blocking.set()
         if mode == "hold":
             threading.Event().wait()  # the only worker stays busy until the kill
 
@@ -73,6 +76,9 @@ CHILD = textwrap.dedent('''
         print("finished", flush=True)
     elif mode == "hold":
         block.submit()  # holds the only worker: the next task waits behind it
+        # Once it runs, its start is queued for the journal; the next
+        # submission's commit takes it along (records commit in order).
+        blocking.wait()
         handle = work.submit(1)
         with open(acks_path, "a", buffering=1) as acks:
             acks.write(f"ack {handle.id}\\n")
