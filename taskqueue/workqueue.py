@@ -83,10 +83,6 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         self._size += 1
 
     def _get(self) -> Any:
-        # Called with the mutex held whenever an item leaves: the moment to
-        # tell waiting async producers (asubmit) that there is room.
-        if self._room_waiters:
-            self._wake_room_waiters()
         for bucket in self._order:
             if bucket:
                 self._size -= 1
@@ -121,8 +117,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             if not self._qsize():
                 self._wait_for_item(block, timeout)
             item = self._get()
-            if self._waiting_for_room:
-                self.not_full.notify()
+            self._made_room()
             return item
 
     def _wait_for_item(self, block: bool, timeout: Optional[float]) -> None:
@@ -157,8 +152,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             if not self._qsize():
                 self._wait_for_item(True, None)
             item = self._get()
-            if self._waiting_for_room:
-                self.not_full.notify()
+            self._made_room()
             return item
 
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -182,6 +176,14 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
                 raise ValueError("task_done() called too many times")
             self.all_tasks_done.notify_all()
         self.unfinished_tasks = unfinished
+
+    def _made_room(self) -> None:
+        # Called with the mutex held, after an item left: tell a producer
+        # waiting for room, and any async producer (asubmit) waiting.
+        if self._waiting_for_room:
+            self.not_full.notify()
+        if self._room_waiters:
+            self._wake_room_waiters()
 
     def _wake_a_worker(self) -> None:
         # Called with the mutex held, after an item went in.
