@@ -273,6 +273,18 @@ class FifoWorkQueue(WorkQueue):
         return self._fifo.popleft()
 
 
+class FifoTaskQueue(TaskQueue):
+    """A TaskQueue whose work queue is :class:`FifoWorkQueue`: priorities taken out.
+
+    The work queue is swapped before any thread starts, so every other
+    part of the pool is the same code as taskqueue's own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._work = FifoWorkQueue(self._work.maxsize, self.name)
+
+
 def queue_cycle(make: Callable[[], WorkQueue], items: int) -> Dict[str, float]:
     """Admit, take and mark done ``items`` items through one work queue; return items per second.
 
