@@ -17,7 +17,7 @@ from typing import Any, Optional
 from .deadletter import DeadLetter
 from .errors import JournalError, QueueClosed, TaskQueueError
 from .events import Event, EventKind
-from .journal import DEAD, SCHEDULED, Journal, Row
+from .journal import DEAD, RUNNING, SCHEDULED, Journal, Row
 from .registry import TaskFunction
 from .retry import Backoff
 from .task import Task, TaskHandle
@@ -25,6 +25,13 @@ from .task import Task, TaskHandle
 __all__ = ["JournalSupport", "error_text"]
 
 log = logging.getLogger(__name__)
+
+# A task found running after a restart was cut short by the stop (the cut
+# attempt counts), and runs again even if that goes past its retries. But
+# one whose attempts have gone past retries + CRASHES_FORGIVEN is taken to
+# be what stops the process, and becomes a dead letter instead of stopping
+# every restart: with retries=0, the third time it is found running.
+CRASHES_FORGIVEN = 2
 
 
 class JournalSupport:
@@ -90,7 +97,7 @@ class JournalSupport:
                 if row.problem is not None:
                     raise JournalError(f"task {row.id} in {journal.path}: {row.problem}")
                 handle = self._resumed_handle(row, fn)
-            except (JournalError, TypeError, ValueError) as exc:
+            except (TaskQueueError, TypeError, ValueError) as exc:
                 letter = self._recovered_letter(row, fn, exc)
                 self._dead.add(letter)
                 journal.record_dead(row.id, row.attempts, error_text(exc), "", letter.failed_at)
@@ -116,6 +123,11 @@ class JournalSupport:
         handle = self._handle_for(task, (), {})
         handle._id = row.id
         handle._attempts = row.attempts  # an attempt cut short by the crash counts
+        if row.state == RUNNING and row.attempts > handle._policy.retries + CRASHES_FORGIVEN:
+            raise TaskQueueError(
+                f"task {row.name} ({row.id}) was running when the process stopped, "
+                f"{row.attempts} attempts in; it may be what stops the process, so it is "
+                "not run again (requeue the dead letter to try once more)")
         if handle._key is not None and self._keys.claim(handle, 0.0) is None:
             self._keys.admitted(handle)
         return handle

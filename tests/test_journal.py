@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -733,3 +734,37 @@ def test_a_submission_takes_the_records_queued_before_it_into_its_commit(
         assert rows == {"a": "running", "b": "pending"}  # ...with the start before it
         journal.close()
         os.remove(path + "x")
+
+
+def test_a_task_running_at_stop_after_stop_becomes_a_dead_letter(path: str) -> None:
+    # Given two tasks (retries=0) found running when the process stopped:
+    # one as many times as is forgiven, one a time more (as one that kills
+    # the process whenever it runs would be)
+    from taskqueue.durable import CRASHES_FORGIVEN
+    journal = Journal(path)
+    for task_id, attempts in (("forgiven", CRASHES_FORGIVEN), ("poison", 1 + CRASHES_FORGIVEN)):
+        journal.record_submit(task_id, "crashes", json.dumps([task_id]), "{}", {})
+        journal.record_started(task_id, attempts)
+    journal.close()
+
+    # When the queue restarts on the journal
+    ran: List[str] = []
+    queue = TaskQueue(journal=path, workers=1)
+    queue.task(name="crashes")(ran.append)
+    queue.start()
+    try:
+        assert queue.join(WAIT)
+        letters = queue.dead_letters()
+    finally:
+        queue.shutdown()
+
+    # Then the first runs again, and the other is a dead letter saying why
+    assert ran == ["forgiven"]
+    [letter] = letters
+    assert (letter.task_id, letter.attempts) == ("poison", 1 + CRASHES_FORGIVEN)
+    assert "running when the process stopped" in str(letter.exception)
+    reopened = Journal(path)
+    try:
+        assert [row.id for row in reopened.dead()] == ["poison"]
+    finally:
+        reopened.close()
