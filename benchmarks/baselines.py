@@ -5,6 +5,14 @@ bare loop (a ``queue.Queue`` and threads doing get / call / task_done, no
 futures, no results) is the practical limit of a thread pool in CPython:
 nothing that hands out a result per task can be cheaper.
 
+The minimal pool (:class:`MinimalPool`) is the cheapest pool that does hand
+out a result per task: taskqueue's own handle (a real ``Future`` whose
+Condition is built only when someone waits) on a plain ``queue.Queue``,
+and threads doing get / run / task_done -- no stats, no retries, no
+listeners, no priorities, no shutdown beyond stop-and-join. It measures
+the floor of the design, to tell what taskqueue's features cost from what
+a handle per task costs.
+
 The group-commit loop (:class:`GroupCommitLoop`) is the same limit for a
 durable queue: SQLite in WAL mode, one writer thread inserting whatever
 producers handed it in one transaction, threads running the committed rows
@@ -20,13 +28,16 @@ import queue
 import sqlite3
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from taskqueue.retry import Backoff, RetryPolicy
+from taskqueue.task import TaskHandle, callable_name
+
 from .workloads import ExecutorFactory, concurrent_throughput, noop
 
-__all__ = ["thread_pool", "BareLoop", "bare_loop_throughput", "ideal_throughput",
+__all__ = ["thread_pool", "BareLoop", "bare_loop_throughput", "MinimalPool", "ideal_throughput",
            "GroupCommitLoop", "group_commit_throughput"]
 
 # The longest the group-commit loop's caller waits for its rows to run.
@@ -89,6 +100,58 @@ def bare_loop_throughput(workers: int, tasks: int, fn: Optional[Callable[[], obj
         loop.queue.join()
         elapsed = perf_counter() - start
     return {"throughput": tasks / elapsed, "seconds": elapsed}
+
+
+class MinimalPool(Executor):
+    """taskqueue's handle on a plain bounded ``queue.Queue``, and nothing else.
+
+    Args:
+        workers: how many threads.
+        maxsize: the queue's bound (1024, as taskqueue's default).
+    """
+
+    _STOP: Any = object()
+    _POLICY = RetryPolicy(0, Backoff.none(), (Exception,))
+
+    def __init__(self, workers: int, maxsize: int = 1024) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)  # type: ignore[type-arg]
+        self._threads = [threading.Thread(target=self._work, name=f"minimal-pool-{i}",
+                                          daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Queue ``fn(*args, **kwargs)``; return its handle."""
+        handle = TaskHandle(fn, args, kwargs or None, callable_name(fn), self._POLICY,
+                            _ignore_cancel)
+        self._queue.put(handle)
+        return handle
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop every thread once the queued tasks have run (always waits)."""
+        for _ in self._threads:
+            self._queue.put(self._STOP)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        get, done, stop = self._queue.get, self._queue.task_done, self._STOP
+        while True:
+            handle = get()
+            if handle is stop:
+                return
+            if handle._begin():
+                try:
+                    result = handle._fn(*handle._args, **(handle._kwargs or {}))
+                except BaseException as exc:
+                    handle._fail(exc)
+                else:
+                    handle._succeed(result)
+            done()
+
+
+def _ignore_cancel(handle: TaskHandle) -> None:
+    """The minimal pool keeps no count of cancelled tasks."""
 
 
 def ideal_throughput(workers: int, seconds_per_task: float) -> Dict[str, float]:

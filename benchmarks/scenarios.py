@@ -20,6 +20,7 @@ from taskqueue import Backoff, TaskQueue
 from taskqueue.workqueue import WorkQueue
 
 from .baselines import (
+    MinimalPool,
     bare_loop_throughput,
     group_commit_throughput,
     ideal_throughput,
@@ -66,10 +67,11 @@ def _queue(workers: int, **options: object) -> Callable[[], TaskQueue]:
           smoke={"tasks": 300, "workers": 4})
 def noop_throughput(ctx: Context) -> List[Result]:
     tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
-    bare = f"bare loop, {workers} threads"
+    bare, minimal = f"bare loop, {workers} threads", f"minimal pool, {workers} threads"
     samples = ctx.measure({
         _tpe(workers): lambda: throughput(thread_pool(workers), workers, [noop] * tasks),
         bare: lambda: bare_loop_throughput(workers, tasks),
+        minimal: lambda: throughput(lambda: MinimalPool(workers), workers, [noop] * tasks),
         TASKQUEUE: lambda: throughput(_queue(workers), workers, [noop] * tasks),
     })
     return [
@@ -77,6 +79,11 @@ def noop_throughput(ctx: Context) -> List[Result]:
         ctx.compare(samples, THROUGHPUT, bare, target=Target.at_least(0.5),
                     note="bare loop: queue.Queue(maxsize=1024) + threads doing "
                          "get / call / task_done; no futures, no results"),
+        # No target: the floor of a pool that hands out a handle per task.
+        ctx.compare(samples, THROUGHPUT, minimal,
+                    note="minimal pool: taskqueue's handle on a plain queue.Queue(maxsize=1024), "
+                         "threads doing get / run / task_done, every result awaited; no "
+                         "stats, retries, listeners or priorities"),
     ]
 
 

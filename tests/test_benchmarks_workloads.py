@@ -20,6 +20,7 @@ from benchmarks import peers  # noqa: E402
 from benchmarks.baselines import (  # noqa: E402
     BareLoop,
     GroupCommitLoop,
+    MinimalPool,
     bare_loop_throughput,
     group_commit_throughput,
     ideal_throughput,
@@ -94,6 +95,17 @@ def test_bare_loop_runs_every_call_and_stops():
         loop.queue.put(record)
         loop.queue.join()
     assert len(calls) == 101
+
+
+def test_minimal_pool_hands_back_every_result_and_error_and_stops():
+    pool = MinimalPool(2)
+    handles = [pool.submit(pow, 2, n) for n in range(50)]
+    failing = pool.submit(int, "not a number")
+    assert [handle.result(WAIT) for handle in handles] == [2 ** n for n in range(50)]
+    with pytest.raises(ValueError):
+        failing.result(WAIT)
+    pool.shutdown()
+    assert not [t for t in threading.enumerate() if t.name.startswith("minimal-pool-")]
 
 
 def test_ideal_throughput():
