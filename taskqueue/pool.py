@@ -592,8 +592,8 @@ class TaskQueue(JournalSupport, Executor):
         handle._succeed(result)
         if self._listeners.callbacks:
             self._listeners.emit(EventKind.SUCCEEDED, handle)
-        # The worker marks it done on the queue, with its next get.
-        handle._acked = True
+        # The worker marks it done on the queue, with its next get (and sets
+        # _acked then): a fault in here leaves it to the crash handler.
 
     def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
         """Acknowledge an attempt that raised: retry it, or fail the task."""

@@ -121,6 +121,10 @@ class Worker:
         while True:
             if again is not None:
                 handle, again = again, None
+                if self._work.sealed:  # shutdown is cancelling what has not started
+                    handle.cancel()
+                    self.current = None
+                    continue
             else:
                 # A success is marked done on the queue here, with the next
                 # get: one trip through the queue's mutex per task, not two.
@@ -164,6 +168,9 @@ class Worker:
                 tally.runs.append(ended - started)
                 tally.ends.append(ended)
                 self._report_success(handle, result, tally)
+                # Owed to the queue from here on, paid with the next get (or
+                # by the crash handler): both marks set together, no call between.
+                handle._acked = True
                 self.unacknowledged += 1
             finally:
                 # Drop this thread's references to the task, its result and

@@ -80,6 +80,36 @@ class FirstAckCrashes(TaskQueue):
         super()._settle_success(handle, result, tally)
 
 
+class AckThenCrash(TaskQueue):
+    """A queue whose worker code fails once right after a success was settled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fault_lock = threading.Lock()
+        self.faulted = False
+
+    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
+        super()._settle_success(handle, result, tally)
+        with self._fault_lock:
+            first, self.faulted = not self.faulted, True
+        if first:
+            raise RuntimeError("injected fault after the task was settled")
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_dying_after_settling_a_success_still_marks_it_done(quiet_logs: None) -> None:
+    # The worker marks a success done on the queue with its next get; if it
+    # dies before that, its crash handler must do it, or join() hangs.
+    for workers in (1, 2, 4) * 10:
+        queue = AckThenCrash(workers=workers)
+        handles = [queue.submit(abs, -n) for n in range(50)]
+        assert [h.result(WAIT) for h in handles] == list(range(50))
+        assert queue.join(WAIT)
+        stats = queue.stats()
+        assert (stats.succeeded, stats.pending, stats.running) == (50, 0, 0)
+        queue.shutdown()
+
+
 # -- a replacement worker is not yet known as a worker --------------------------------
 
 
