@@ -122,6 +122,7 @@ class JournalSupport:
         task = fn.task(*row.args, **row.kwargs).replace(delay=None, **options)
         handle = self._handle_for(task, (), {})
         handle._id = row.id
+        handle._resumed = True
         handle._attempts = row.attempts  # an attempt cut short by the crash counts
         if row.state == RUNNING and row.attempts > handle._policy.retries + CRASHES_FORGIVEN:
             raise TaskQueueError(
@@ -150,8 +151,15 @@ class JournalSupport:
     def _journal_started(self: Any, event: Event) -> None:
         # A listener, so that the worker loop stays as it is: an attempt that
         # is cut short by a crash shows as "running" in the journal.
-        if event.kind is EventKind.STARTED and event.handle._id is not None:
-            self._journal.record_started(event.handle._id, event.handle._attempts)  # type: ignore[union-attr]
+        handle = event.handle
+        if event.kind is EventKind.STARTED and handle._id is not None:
+            # A task read back after a restart may be what stopped the
+            # process: its start is on disk before it runs, so that one that
+            # kills the process at once is still counted (CRASHES_FORGIVEN).
+            # Other starts are not waited for: a worker does not wait on the disk.
+            self._journal.record_started(handle._id, handle._attempts,  # type: ignore[union-attr]
+                                         wait=handle._resumed)
+            handle._resumed = False
 
     def _close_journal(self: Any) -> None:
         if self._journal is not None:

@@ -132,11 +132,12 @@ class _Waiter:
     # its own, held until the writer wakes it: the writer wakes exactly the
     # waiters of the group it committed, and none has to take the shared
     # lock again on the way out.
-    __slots__ = ("_lock", "error")
+    __slots__ = ("_lock", "_woken", "error")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self._woken = False
         self.error: Optional[BaseException] = None
 
     def wait(self) -> Optional[BaseException]:
@@ -144,6 +145,11 @@ class _Waiter:
         return self.error
 
     def wake(self, error: Optional[BaseException]) -> None:
+        # Only the writer thread wakes a waiter; a second wake (a dying
+        # writer waking its whole group) keeps the first outcome.
+        if self._woken:
+            return
+        self._woken = True
         self.error = error
         self._lock.release()
 
@@ -356,13 +362,25 @@ class Journal:
         """
         state = PENDING if due is None else SCHEDULED
         row = (task_id, name, args, kwargs, json.dumps(options), state, due, time.time())
-        error = self._wait_for_commit("submit", row)
+        error = self._wait_for_commit("submit", row, refuse_if_closing=True)
         if error is not None:
             raise JournalError(f"{self.path}: could not record the task: {error}")
 
-    def record_started(self, task_id: str, attempts: int) -> None:
-        """Note that an attempt started (``running`` if the process stops now)."""
-        self._put("started", (attempts, task_id))
+    def record_started(self, task_id: str, attempts: int, *, wait: bool = False) -> None:
+        """Note that an attempt started (``running`` if the process stops now).
+
+        Args:
+            wait: return only once it is committed (else it is queued).
+
+        Raises:
+            JournalError: with ``wait``, it could not be written.
+        """
+        if not wait:
+            self._put("started", (attempts, task_id))
+            return
+        error = self._wait_for_commit("started", (attempts, task_id))
+        if error is not None:
+            raise JournalError(f"{self.path}: could not record the start: {error}")
 
     def record_done(self, task_id: str) -> None:
         """Forget a task that ended well, was cancelled, or was not accepted."""
@@ -393,14 +411,17 @@ class Journal:
             if len(self._ops) == 1:
                 self._cond.notify()
 
-    def _wait_for_commit(self, kind: str, params: Tuple[Any, ...]) -> Optional[BaseException]:
+    def _wait_for_commit(self, kind: str, params: Tuple[Any, ...], *,
+                         refuse_if_closing: bool = False) -> Optional[BaseException]:
         # Queue a record, wake the writer, and wait until the transaction
-        # holding it has ended; return its error, if it failed.
+        # holding it has ended; return its error, if it failed. A new task
+        # is refused as soon as close() begins; a flush only once the writer
+        # has committed its last group.
         waiter = _Waiter()
         with self._cond:
             if self._broken is not None:
                 raise JournalError(f"{self.path} cannot be written: {self._broken}")
-            if self._closing:
+            if self._closed or (refuse_if_closing and self._closing):
                 raise JournalError(f"{self.path} is closed")
             self._ops.append((kind, params, waiter))
             self._waited += 1

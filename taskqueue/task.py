@@ -261,6 +261,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     _acked = False  # whether its end is counted on the queue (or owed by its worker)
     _rerun_here = False  # a retry due now, left to the worker that ran the attempt
     _id: Optional[str] = None  # a journaled task's id, kept across restarts
+    _resumed = False  # a journaled task read back after a restart
 
     # Future.__init__ is deliberately not called: it builds the Condition and
     # two lists that this class creates only on demand.
