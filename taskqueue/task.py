@@ -410,6 +410,8 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             TimeoutError: the task did not end within ``timeout``.
             BaseException: whatever the final attempt raised, if it failed.
         """
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # the common case, without a call (see _wait)
         self._wait(timeout)
         if self._state == FINISHED:
             if self._exception is not None:
@@ -498,7 +500,10 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         with self._lock:
             self._result = result
             self._state = FINISHED
-            self._drop_work()
+            # As _drop_work(), inlined: this runs once per task.
+            self._fn = None
+            self._args = ()
+            self._kwargs = None
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
