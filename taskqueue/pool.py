@@ -44,6 +44,9 @@ from .workqueue import WorkQueue
 __all__ = ["TaskQueue"]
 
 log = logging.getLogger(__name__)
+
+# Looked up once: these are emitted per task while anyone listens.
+_SUBMITTED, _SUCCEEDED = EventKind.SUBMITTED, EventKind.SUCCEEDED
 _current_thread = threading.current_thread
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
@@ -288,7 +291,7 @@ class TaskQueue(JournalSupport, Executor):
             handle._submitted_at = self._clock()
             self._work.admit(handle, timeout=self._submit_timeout, exempt=self._exempt)
             if self._listeners.callbacks:
-                self._listeners.emit(EventKind.SUBMITTED, handle)
+                self._listeners.emit(_SUBMITTED, handle)
             return handle
         return self._admit(self._handle_for(fn, args, kwargs), True, self._submit_timeout)
 
@@ -420,7 +423,7 @@ class TaskQueue(JournalSupport, Executor):
         handle = self._handle_for(task, (), {})
         self._work.admit(handle, bounded=False)
         if self._listeners.callbacks:
-            self._listeners.emit(EventKind.SUBMITTED, handle)
+            self._listeners.emit(_SUBMITTED, handle)
         return handle
 
     def _handle_for(self, fn: Any, args: Tuple[Any, ...], kwargs: dict) -> TaskHandle:
@@ -456,7 +459,7 @@ class TaskQueue(JournalSupport, Executor):
         else:
             self._work.admit(handle, block=block, timeout=timeout, exempt=self._exempt)
         if self._listeners.callbacks:
-            self._listeners.emit(EventKind.SUBMITTED, handle)
+            self._listeners.emit(_SUBMITTED, handle)
 
     def _admit_delayed(self, handle: TaskHandle, delay: float) -> None:
         # Accepted (and counted) now; it waits in the scheduler, not in the
@@ -591,7 +594,7 @@ class TaskQueue(JournalSupport, Executor):
             self._journal.record_done(handle._id)  # type: ignore[union-attr]
         handle._succeed(result)
         if self._listeners.callbacks:
-            self._listeners.emit(EventKind.SUCCEEDED, handle)
+            self._listeners.emit(_SUCCEEDED, handle)
         # The worker marks it done on the queue, with its next get (and sets
         # _acked then): a fault in here leaves it to the crash handler.
 

@@ -116,6 +116,7 @@ class Worker:
         clock = self._clock
         tally = self.tally
         listeners = self._listeners
+        emit, started_kind = listeners.emit, EventKind.STARTED  # looked up once, used per task
         default_limit = self._time_limit
         again: Optional[TaskHandle] = None
         while True:
@@ -142,7 +143,7 @@ class Worker:
             started = clock()
             tally.waits.append(started - (handle._enqueued_at or handle._submitted_at))
             if listeners.callbacks:
-                listeners.emit(EventKind.STARTED, handle)
+                emit(started_kind, handle)
             limit = handle._time_limit or default_limit
             try:
                 if limit is not None:
