@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from taskqueue.retry import Backoff, RetryPolicy
 from taskqueue.task import TaskHandle, callable_name
 
-from .workloads import ExecutorFactory, concurrent_throughput, noop
+from .workloads import ExecutorFactory, Tally, concurrent_throughput, noop
 
 __all__ = ["thread_pool", "BareLoop", "bare_loop_throughput", "MinimalPool", "ideal_throughput",
            "GroupCommitLoop", "group_commit_throughput"]
@@ -193,16 +193,14 @@ class GroupCommitLoop:
                            "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, args TEXT NOT NULL)")
         lock = threading.Lock()
         self._wake = threading.Condition(lock)  # the writer waits here for rows and ids
-        # Producers wait here for their commit, the caller of wait_run for
-        # the last row: apart from the writer's, so that neither wakes it.
+        # Producers wait here for their commit: apart from the writer's, so
+        # that they do not wake it.
         self._committed_cond = threading.Condition(lock)
-        self._ran_cond = threading.Condition(lock)
+        self._ran = Tally("rows ran")  # the caller of wait_run waits on it
         self._ids = itertools.count(1)
         self._inserts: List[_Row] = []
         self._finished: List[Tuple[int]] = []
         self._committed = 0  # rows are committed in id order: every id up to this one is
-        self._ran = 0
-        self._awaited = 0
         self._closing = False
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
         self._writer = threading.Thread(target=self._write, name="group-commit-writer",
@@ -242,10 +240,7 @@ class GroupCommitLoop:
         Raises:
             TimeoutError: they had not after ``timeout`` seconds.
         """
-        with self._wake:
-            self._awaited = count
-            if not self._ran_cond.wait_for(lambda: self._ran >= count, timeout):
-                raise TimeoutError(f"{self._ran} of {count} rows ran in {timeout} s")
+        self._ran.wait_for(count, timeout)
 
     def _write(self) -> None:
         while True:
@@ -284,10 +279,8 @@ class GroupCommitLoop:
             fn()
             with self._wake:
                 self._finished.append((row_id,))
-                self._ran += 1
                 self._wake.notify()
-                if self._ran == self._awaited:
-                    self._ran_cond.notify_all()
+            self._ran.add()
 
 
 def group_commit_throughput(workers: int, producers: int, tasks: int,

@@ -28,7 +28,7 @@ from importlib import metadata
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional
 
-from .workloads import concurrent_throughput, noop
+from .workloads import Tally, concurrent_throughput, noop
 
 __all__ = ["Peer", "Huey", "Dramatiq", "PEERS", "PersistQueue", "SqliteHuey", "JOURNAL_PEERS",
            "version_of"]
@@ -234,7 +234,7 @@ class PersistQueue(Peer):
 
         with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as directory:
             queue = persistqueue.SQLiteAckQueue(directory, multithreading=True)
-            acked = _Tally()
+            acked = Tally()
             consumers = [threading.Thread(target=_ack_consumer, args=(queue, acked),
                                           name=f"persist-queue-{i}", daemon=True)
                          for i in range(workers)]
@@ -243,9 +243,10 @@ class PersistQueue(Peer):
             try:
                 for _ in range(workers):
                     queue.put(_RUN)
-                acked.wait_for(workers)  # warm: the file is made and the consumers are up
+                acked.wait_for(workers, _WAIT_TIMEOUT)  # warm: the file is made, the consumers up
                 return concurrent_throughput(producers, tasks, lambda: queue.put(_RUN),
-                                             lambda _: acked.wait_for(workers + tasks))
+                                             lambda _: acked.wait_for(workers + tasks,
+                                                                      _WAIT_TIMEOUT))
             finally:
                 for _ in consumers:
                     queue.put(_STOP)
@@ -254,7 +255,7 @@ class PersistQueue(Peer):
                 queue.close()  # before its directory goes
 
 
-def _ack_consumer(queue: Any, acked: _Tally) -> None:
+def _ack_consumer(queue: Any, acked: Tally) -> None:
     from persistqueue.exceptions import Empty
 
     while True:
@@ -270,33 +271,6 @@ def _ack_consumer(queue: Any, acked: _Tally) -> None:
         noop()
         queue.ack(item)
         acked.add()
-
-
-class _Tally:
-    """Counts finished tasks, for a caller that waits for a number of them."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._count = 0
-        self._awaited = 0
-
-    def add(self) -> None:
-        """Count one finished task; any thread."""
-        with self._cond:
-            self._count += 1
-            if self._count == self._awaited:
-                self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = _WAIT_TIMEOUT) -> None:
-        """Wait until ``count`` tasks in all have been counted (one caller at a time).
-
-        Raises:
-            TimeoutError: they had not after ``timeout`` seconds.
-        """
-        with self._cond:
-            self._awaited = count
-            if not self._cond.wait_for(lambda: self._count >= count, timeout):
-                raise TimeoutError(f"{self._count} of {count} tasks finished in {timeout} s")
 
 
 class SqliteHuey(Peer):

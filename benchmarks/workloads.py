@@ -43,7 +43,9 @@ __all__ = [
     "pending_memory",
     "streamed",
     "FifoWorkQueue",
+    "FifoTaskQueue",
     "queue_cycle",
+    "Tally",
     "shares",
     "concurrent_throughput",
     "journaled_throughput",
@@ -306,6 +308,38 @@ def queue_cycle(make: Callable[[], WorkQueue], items: int) -> Dict[str, float]:
 
 
 # -- several producers at once: the durable-journal scenario ---------------------------
+
+
+class Tally:
+    """Counts finished tasks from any thread, for one caller that waits for a number of them.
+
+    Args:
+        what: how the count reads in the timeout message ("tasks finished").
+    """
+
+    def __init__(self, what: str = "tasks finished") -> None:
+        self._what = what
+        self._cond = threading.Condition()
+        self._count = 0
+        self._awaited = 0
+
+    def add(self) -> None:
+        """Count one finished task; any thread."""
+        with self._cond:
+            self._count += 1
+            if self._count == self._awaited:
+                self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` tasks in all have been counted (one caller at a time).
+
+        Raises:
+            TimeoutError: they had not after ``timeout`` seconds.
+        """
+        with self._cond:
+            self._awaited = count
+            if not self._cond.wait_for(lambda: self._count >= count, timeout):
+                raise TimeoutError(f"{self._count} of {count} {self._what} in {timeout} s")
 
 
 def shares(tasks: int, producers: int) -> List[int]:

@@ -27,6 +27,7 @@ from benchmarks.baselines import (  # noqa: E402
 )
 from benchmarks.workloads import (  # noqa: E402
     FailOnce,
+    Tally,
     concurrent_throughput,
     journaled_throughput,
     latency,
@@ -106,6 +107,18 @@ def test_minimal_pool_hands_back_every_result_and_error_and_stops():
         failing.result(WAIT)
     pool.shutdown()
     assert not [t for t in threading.enumerate() if t.name.startswith("minimal-pool-")]
+
+
+def test_tally_releases_its_waiter_at_the_count_and_says_how_far_it_got():
+    tally = Tally("rows ran")
+    adders = [threading.Thread(target=lambda: [tally.add() for _ in range(25)]) for _ in range(4)]
+    for thread in adders:
+        thread.start()
+    tally.wait_for(100, WAIT)
+    for thread in adders:
+        thread.join(WAIT)
+    with pytest.raises(TimeoutError, match="100 of 101 rows ran"):
+        tally.wait_for(101, 0.01)
 
 
 def test_ideal_throughput():
