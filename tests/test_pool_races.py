@@ -65,34 +65,28 @@ def settle(handles: List[TaskHandle]) -> None:
 
 
 class FirstAckCrashes(TaskQueue):
-    """A queue whose first acknowledgement of a success fails (the documented fault seam)."""
+    """A queue whose worker code fails once around settling a success (the documented seam).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        after: fail right after the success was settled, not before it.
+    """
+
+    def __init__(self, *args: Any, after: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fault_lock = threading.Lock()
         self.faulted = False
+        self.after = after
 
-    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
+    def _first(self) -> bool:
         with self._fault_lock:
             first, self.faulted = not self.faulted, True
-        if first:
+        return first
+
+    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
+        if not self.after and self._first():
             raise RuntimeError("injected fault between the task and its acknowledgement")
         super()._settle_success(handle, result, tally)
-
-
-class AckThenCrash(TaskQueue):
-    """A queue whose worker code fails once right after a success was settled."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fault_lock = threading.Lock()
-        self.faulted = False
-
-    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
-        super()._settle_success(handle, result, tally)
-        with self._fault_lock:
-            first, self.faulted = not self.faulted, True
-        if first:
+        if self.after and self._first():
             raise RuntimeError("injected fault after the task was settled")
 
 
@@ -101,7 +95,7 @@ def test_a_worker_dying_after_settling_a_success_still_marks_it_done(quiet_logs:
     # The worker marks a success done on the queue with its next get; if it
     # dies before that, its crash handler must do it, or join() hangs.
     for workers in (1, 2, 4) * 10:
-        queue = AckThenCrash(workers=workers)
+        queue = FirstAckCrashes(workers=workers, after=True)
         handles = [queue.submit(abs, -n) for n in range(50)]
         assert [h.result(WAIT) for h in handles] == list(range(50))
         assert queue.join(WAIT)
