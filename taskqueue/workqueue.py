@@ -149,6 +149,8 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         with self.mutex:
             if finished:
                 self._mark_done(finished)
+            # get()'s body, written out rather than shared through a call:
+            # this runs once per task on every worker.
             if not self._qsize():
                 self._wait_for_item(True, None)
             item = self._get()
