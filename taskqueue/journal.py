@@ -362,9 +362,7 @@ class Journal:
         """
         state = PENDING if due is None else SCHEDULED
         row = (task_id, name, args, kwargs, json.dumps(options), state, due, time.time())
-        error = self._wait_for_commit("submit", row, refuse_if_closing=True)
-        if error is not None:
-            raise JournalError(f"{self.path}: could not record the task: {error}")
+        self._wait_for_commit("submit", row, "the task", refuse_if_closing=True)
 
     def record_started(self, task_id: str, attempts: int, *, wait: bool = False) -> None:
         """Note that an attempt started (``running`` if the process stops now).
@@ -378,9 +376,7 @@ class Journal:
         if not wait:
             self._put("started", (attempts, task_id))
             return
-        error = self._wait_for_commit("started", (attempts, task_id))
-        if error is not None:
-            raise JournalError(f"{self.path}: could not record the start: {error}")
+        self._wait_for_commit("started", (attempts, task_id), "the start")
 
     def record_done(self, task_id: str) -> None:
         """Forget a task that ended well, was cancelled, or was not accepted."""
@@ -411,12 +407,12 @@ class Journal:
             if len(self._ops) == 1:
                 self._cond.notify()
 
-    def _wait_for_commit(self, kind: str, params: Tuple[Any, ...], *,
-                         refuse_if_closing: bool = False) -> Optional[BaseException]:
+    def _wait_for_commit(self, kind: str, params: Tuple[Any, ...], what: str, *,
+                         refuse_if_closing: bool = False) -> None:
         # Queue a record, wake the writer, and wait until the transaction
-        # holding it has ended; return its error, if it failed. A new task
-        # is refused as soon as close() begins; a flush only once the writer
-        # has committed its last group.
+        # holding it has ended; raise if it failed (``what`` names the
+        # record). A new task is refused as soon as close() begins; a flush
+        # only once the writer has committed its last group.
         waiter = _Waiter()
         with self._cond:
             if self._broken is not None:
@@ -426,7 +422,9 @@ class Journal:
             self._ops.append((kind, params, waiter))
             self._waited += 1
             self._cond.notify()
-        return waiter.wait()
+        error = waiter.wait()
+        if error is not None:
+            raise JournalError(f"{self.path}: could not record {what}: {error}")
 
     # -- reading --------------------------------------------------------------
 
@@ -522,7 +520,7 @@ class Journal:
         Raises:
             JournalError: the journal is closed, or its writer died.
         """
-        self._wait_for_commit("flush", ())
+        self._wait_for_commit("flush", (), "a flush")
 
     def close(self) -> None:
         """Commit everything recorded so far, stop the writer and close the file.
