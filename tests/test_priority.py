@@ -137,11 +137,8 @@ def test_a_task_queued_later_with_higher_priority_overtakes(
 # -- retries keep their priority --------------------------------------------------
 
 
-def test_a_retry_keeps_its_priority(make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
-    # Given one held worker, a high-priority task that fails once (retried at
-    # once), and plain tasks queued behind it
-    queue = make_queue(workers=1)
-    record = Recorder()
+def fails_first_call(record: Recorder) -> Callable[[], str]:
+    """A task that records "flaky" on every call and raises on the first one only."""
     calls = []
 
     def flaky() -> str:
@@ -151,6 +148,15 @@ def test_a_retry_keeps_its_priority(make_queue: Callable[..., TaskQueue], gate: 
             raise ValueError("first attempt fails")
         return "ok"
 
+    return flaky
+
+
+def test_a_retry_keeps_its_priority(make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
+    # Given one held worker, a high-priority task that fails once (retried at
+    # once), and plain tasks queued behind it
+    queue = make_queue(workers=1)
+    record = Recorder()
+    flaky = fails_first_call(record)
     hold_the_only_worker(queue, gate)
     handle = queue.submit(Task(flaky, priority=7, retries=1, backoff=Backoff.none()))
     submit_all(queue, record, [(i, 0) for i in range(5)])
@@ -166,15 +172,7 @@ def test_a_retry_keeps_its_priority(make_queue: Callable[..., TaskQueue], gate: 
 def test_a_low_priority_retry_stays_behind(make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
     queue = make_queue(workers=1)
     record = Recorder()
-    calls = []
-
-    def flaky() -> str:
-        calls.append(1)
-        record("flaky")
-        if len(calls) == 1:
-            raise ValueError("first attempt fails")
-        return "ok"
-
+    flaky = fails_first_call(record)
     hold_the_only_worker(queue, gate)
     handle = queue.submit(Task(flaky, priority=9, retries=1, backoff=Backoff.none()))
     submit_all(queue, record, [(i, 0) for i in range(3)])
