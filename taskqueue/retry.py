@@ -60,9 +60,14 @@ class Backoff:
         validate.seconds("base", self.base)
         validate.seconds("max", self.max)
         if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)):
-            raise TypeError(f"factor must be a number, got {self.factor!r}")
-        if not math.isfinite(self.factor) or self.factor < 1:
-            raise ValueError(f"factor must be a finite number >= 1, got {self.factor!r}")
+            raise TypeError(f"factor must be a number, got {validate.shown(self.factor)}")
+        try:
+            finite = math.isfinite(self.factor)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite or self.factor < 1:
+            raise ValueError(f"factor must be a finite number >= 1, got "
+                             f"{validate.shown(self.factor)}")
         if not isinstance(self.jitter, bool):
             raise TypeError(f"jitter must be a bool, got {self.jitter!r}")
         # Floats, so that factor ** n overflows at once instead of building

@@ -1,15 +1,33 @@
-"""Argument checks shared by the public constructors.
+"""Argument checks shared by the public constructors and methods.
 
 Each check raises at the call site with a message that names the parameter
 and the bad value, so that nothing is half-built or half-enqueued.
+
+Durations are bounded by :data:`MAX_SECONDS`, the longest wait the
+platform's locks and conditions accept (``threading.TIMEOUT_MAX``): a
+larger one would be accepted here and then make a timer thread fail with
+``OverflowError`` later, far from the call that gave it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
-__all__ = ["integer", "whole_number", "seconds", "optional_seconds", "optional_positive_seconds"]
+__all__ = ["MAX_SECONDS", "integer", "whole_number", "seconds", "optional_seconds",
+           "optional_positive_seconds", "shown", "wait_seconds"]
+
+MAX_SECONDS = float(int(threading.TIMEOUT_MAX))
+"""The longest duration any parameter may have (about 292 years on 64-bit Linux)."""
+
+
+def shown(value: Any) -> str:
+    """Return ``repr(value)`` for an error message, cut short if it is long (a huge int)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
+        return f"an int of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def integer(name: str, value: Any) -> int:
@@ -19,7 +37,7 @@ def integer(name: str, value: Any) -> int:
         TypeError: ``value`` is not an int (``bool`` is refused too).
     """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {shown(value)}")
     return value
 
 
@@ -32,22 +50,39 @@ def whole_number(name: str, value: Any, *, minimum: int) -> int:
     """
     integer(name, value)
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {shown(value)}")
     return value
 
 
+def _as_seconds(name: str, value: Any, lowest: str) -> float:
+    # The one place a number of seconds is converted: a huge int raises
+    # OverflowError in float(), which must come out as a ValueError that
+    # names the parameter like every other bad duration.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number {lowest}, got {shown(value)}")
+    if number > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (about 292 years), "
+                         f"got {shown(value)}")
+    return number
+
+
 def seconds(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a finite number of seconds >= 0.
+    """Return ``value`` as a float if it is a number of seconds from 0 to :data:`MAX_SECONDS`.
 
     Raises:
         TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is negative, NaN or infinite.
+        ValueError: ``value`` is negative, NaN, infinite or above :data:`MAX_SECONDS`.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    number = _as_seconds(name, value, ">= 0")
+    if number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {shown(value)}")
+    return number
 
 
 def optional_seconds(name: str, value: Any) -> float | None:
@@ -60,12 +95,21 @@ def optional_positive_seconds(name: str, value: Any) -> float | None:
 
     Raises:
         TypeError: ``value`` is not a real number or None.
-        ValueError: ``value`` is not > 0, or is NaN or infinite.
+        ValueError: ``value`` is not > 0, or is NaN, infinite or above :data:`MAX_SECONDS`.
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    number = _as_seconds(name, value, "> 0")
+    if number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
+    return number
+
+
+def wait_seconds(remaining: float) -> float:
+    """Return ``remaining`` cut to what ``Condition.wait`` accepts.
+
+    For waits computed inside the library (a deadline minus now): a due
+    time beyond :data:`MAX_SECONDS` is then waited for in several steps
+    instead of failing the waiting thread.
+    """
+    return remaining if remaining < MAX_SECONDS else MAX_SECONDS
