@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .errors import QueueClosed
 from .task import Task, TaskHandle
@@ -27,6 +27,18 @@ class Periodic:
 
     Made by :meth:`TaskQueue.every`; it stops by itself when its queue shuts
     down. Every method is safe from any thread.
+
+    Args:
+        task: the work each run does.
+        interval: seconds between due times (> 0).
+        submit: submits one run and returns its handle (never blocking).
+        schedule: ``schedule(callback, due)`` calls ``callback()`` at ``due``
+            and returns a token for ``unschedule``.
+        unschedule: ``unschedule(token)`` drops a scheduled callback.
+        clock: the clock due times are measured on.
+
+    Once cancelled, nothing of the queue refers to it any more: the tick it
+    had scheduled is dropped at once, not kept until it would have fired.
     """
 
     def __init__(
@@ -35,7 +47,8 @@ class Periodic:
         interval: float,
         *,
         submit: Callable[[Task], TaskHandle],
-        schedule: Callable[[Callable[[], None], float], object],
+        schedule: Callable[[Callable[[], None], float], Any],
+        unschedule: Callable[[Any], object],
         clock: Callable[[], float],
     ) -> None:
         self.task = task
@@ -44,6 +57,7 @@ class Periodic:
         """Seconds between the due times of two runs."""
         self._submit = submit
         self._schedule = schedule
+        self._unschedule = unschedule
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock()
@@ -52,7 +66,8 @@ class Periodic:
         self._skipped = 0
         self._cancelled = False
         self._last: Optional[TaskHandle] = None
-        self._schedule(self._fire, self._start + interval)
+        with self._lock:
+            self._timer = self._schedule(self._fire, self._start + interval)
 
     @property
     def runs(self) -> int:
@@ -78,6 +93,9 @@ class Periodic:
         """Submit no further runs. A run already submitted is left to finish."""
         with self._lock:
             self._cancelled = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            self._unschedule(timer)
 
     def _fire(self) -> None:
         # Runs on the scheduler's thread (only there) at each due time. The
@@ -94,8 +112,9 @@ class Periodic:
             if handle is not None:
                 self._last = handle
                 self._runs += 1
+            self._timer = None
             if not self._cancelled:
-                self._schedule(self._fire, self._next_due())
+                self._timer = self._schedule(self._fire, self._next_due())
 
     def _submit_run(self) -> Optional[TaskHandle]:
         try:

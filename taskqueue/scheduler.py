@@ -1,10 +1,15 @@
 """A due-time heap and one timer thread that hands due items back.
 
-Retries that wait out a backoff (and, later, delayed tasks) wait here, not
-in a sleeping worker. The scheduler knows nothing about tasks: it holds
-items with due times and calls ``on_due(item)`` from its own thread when
-each falls due. Time is a parameter (``clock``), as in ``sched.scheduler``,
-so tests can drive it with a fake clock through :meth:`Scheduler.run_due`.
+Retries that wait out a backoff and delayed tasks wait here, not in a
+sleeping worker. The scheduler knows nothing about tasks: it holds items
+with due times and calls ``on_due(item)`` from its own thread when each
+falls due. Time is a parameter (``clock``), as in ``sched.scheduler``, so
+tests can drive it with a fake clock through :meth:`Scheduler.run_due`.
+
+:meth:`Scheduler.schedule` returns the entry it made, which
+:meth:`Scheduler.cancel` turns into a tombstone at once (dropping the
+item); tombstones are swept out of the heap once they are half of it, so
+cancelling costs O(1) and a cancelled item is never kept until its due time.
 """
 
 from __future__ import annotations
@@ -16,9 +21,20 @@ import threading
 from time import monotonic
 from typing import Any, Callable, List, Optional, Tuple
 
-__all__ = ["Scheduler"]
+from .validate import wait_seconds
+
+__all__ = ["Scheduler", "Entry"]
 
 log = logging.getLogger(__name__)
+
+Entry = List[Any]
+"""One held item: ``[due, sequence, item]``; compared by due time, then sequence."""
+
+# What an entry's item becomes once it is cancelled, or handed over.
+_CANCELLED, _HANDED = object(), object()
+# Tombstones are swept when there are at least this many, and they are
+# half the heap: rare enough to cost O(1) per cancel.
+_SWEEP_AT = 64
 
 
 class Scheduler:
@@ -44,7 +60,8 @@ class Scheduler:
         self._clock = clock
         self._name = name
         self._cond = threading.Condition(threading.Lock())
-        self._heap: List[Tuple[float, int, Any]] = []
+        self._heap: List[Entry] = []
+        self._tombstones = 0
         self._order = itertools.count()
         self._sealed: Optional[Callable[[Any], bool]] = None
         self._stopping = False
@@ -58,24 +75,39 @@ class Scheduler:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
 
-    def schedule(self, item: Any, due: float) -> bool:
+    def schedule(self, item: Any, due: float) -> Optional[Entry]:
         """Hold ``item`` until the clock reads ``due``.
 
         Returns:
-            False, holding nothing, if the scheduler was sealed against items
-            like this one (see :meth:`seal`); True otherwise.
+            The entry made, for :meth:`cancel`; None, holding nothing, if
+            the scheduler was sealed against items like this one (see
+            :meth:`seal`).
         """
         with self._cond:
             if self._sealed is not None and self._sealed(item):
-                return False
-            heapq.heappush(self._heap, (due, next(self._order), item))
-            if self._heap[0][2] is item:  # a new earliest: the timer must re-aim
+                return None
+            entry = [due, next(self._order), item]
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # a new earliest: the timer must re-aim
                 self._cond.notify()
+            return entry
+
+    def cancel(self, entry: Entry) -> bool:
+        """Drop a held item before it is due; False if it was handed over or cancelled already."""
+        with self._cond:
+            if entry[2] is _CANCELLED or entry[2] is _HANDED:
+                return False
+            entry[2] = _CANCELLED
+            self._tombstones += 1
+            if self._tombstones >= _SWEEP_AT and 2 * self._tombstones >= len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not _CANCELLED]
+                heapq.heapify(self._heap)
+                self._tombstones = 0
             return True
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._heap)
+            return len(self._heap) - self._tombstones
 
     def seal(self, which: Callable[[Any], bool] = lambda item: True) -> List[Any]:
         """Take out the held items for which ``which(item)`` is true, and refuse such items from now on.
@@ -85,10 +117,15 @@ class Scheduler:
         """
         with self._cond:
             self._sealed = which
-            taken = sorted(entry for entry in self._heap if which(entry[2]))
-            self._heap = [entry for entry in self._heap if not which(entry[2])]
+            live = [entry for entry in self._heap if entry[2] is not _CANCELLED]
+            taken = sorted(entry for entry in live if which(entry[2]))
+            self._heap = [entry for entry in live if not which(entry[2])]
             heapq.heapify(self._heap)
-            return [entry[2] for entry in taken]
+            self._tombstones = 0
+            items = [entry[2] for entry in taken]
+            for entry in taken:
+                entry[2] = _HANDED
+            return items
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the timer thread and wait up to ``timeout`` for it to end.
@@ -112,6 +149,7 @@ class Scheduler:
             due_items, _ = self._pop_due_locked()
         self._hand_over(due_items)
         with self._cond:  # on_due may have scheduled more
+            self._drop_cancelled_head()
             return self._heap[0][0] if self._heap else None
 
     def _pop_due_locked(self) -> Tuple[List[Any], Optional[float]]:
@@ -119,8 +157,21 @@ class Scheduler:
         heap = self._heap
         due_items = []
         while heap and heap[0][0] <= now:
-            due_items.append(heapq.heappop(heap)[2])
+            entry = heapq.heappop(heap)
+            item, entry[2] = entry[2], _HANDED
+            if item is _CANCELLED:
+                self._tombstones -= 1
+            else:
+                due_items.append(item)
+        self._drop_cancelled_head()
         return due_items, (heap[0][0] if heap else None)
+
+    def _drop_cancelled_head(self) -> None:
+        # Called with the lock held: the timer must aim at a live item.
+        heap = self._heap
+        while heap and heap[0][2] is _CANCELLED:
+            heapq.heappop(heap)[2] = _HANDED
+            self._tombstones -= 1
 
     def _hand_over(self, items: List[Any]) -> None:
         for item in items:
@@ -139,7 +190,9 @@ class Scheduler:
                     if due_items:
                         break
                     timeout = None if next_due is None else max(0.0, next_due - self._clock())
-                    self._cond.wait(timeout)
+                    # Cut to what Condition.wait accepts: a due time centuries
+                    # away is waited for in steps, never by a dying thread.
+                    self._cond.wait(None if timeout is None else wait_seconds(timeout))
             # on_due runs outside the lock so that it may schedule again.
             self._hand_over(due_items)
             due_items = []  # drop references to handed-over items

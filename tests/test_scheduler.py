@@ -6,9 +6,12 @@ timeouts, never on sleeps.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import weakref
 import time
+import tracemalloc
 from typing import Any, List
 
 import pytest
@@ -61,7 +64,7 @@ def test_run_due_with_nothing_held(scheduler, handed):
 
 def test_due_items_come_out_in_due_time_order(scheduler, clock, handed):
     for item, due in [("c", 103.0), ("a", 101.0), ("d", 104.0), ("b", 102.0)]:
-        assert scheduler.schedule(item, due) is True
+        assert scheduler.schedule(item, due) is not None
     assert len(scheduler) == 4
     clock.now = 110.0
     assert scheduler.run_due() is None
@@ -154,7 +157,7 @@ def test_seal_returns_held_items_earliest_first_and_refuses_new_ones(scheduler, 
     assert scheduler.seal() == ["a", "b", "b2"]
     assert len(scheduler) == 0
 
-    assert scheduler.schedule("late", 101.0) is False
+    assert scheduler.schedule("late", 101.0) is None
     assert len(scheduler) == 0
     clock.now = 1000.0
     assert scheduler.run_due() is None
@@ -191,7 +194,81 @@ def test_a_raising_on_due_is_logged_and_the_others_still_go(clock, caplog):
     assert "sched-under-test" in records[0].getMessage()
 
 
+def test_a_cancelled_item_is_never_handed_over_and_not_counted(scheduler, clock, handed):
+    keep = scheduler.schedule("keep", 101.0)
+    drop = scheduler.schedule("drop", 101.0)
+    assert scheduler.cancel(drop) is True
+    assert scheduler.cancel(drop) is False  # once
+    assert len(scheduler) == 1
+    clock.now = 101.0
+    assert scheduler.run_due() is None
+    assert handed.items == ["keep"]
+    assert scheduler.cancel(keep) is False  # already handed over
+
+
+def test_a_cancelled_item_is_let_go_at_once_not_at_its_due_time(scheduler):
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    entry = scheduler.schedule(payload, 1e9)
+    del payload
+    scheduler.cancel(entry)
+    gc.collect()
+    assert ref() is None
+
+
+def test_many_cancelled_items_do_not_pile_up_until_their_due_times(scheduler, clock, handed):
+    scheduler.schedule("live", 150.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(10_000):
+            scheduler.cancel(scheduler.schedule(f"item {i}", 200.0 + i))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Kept until due, 10,000 entries would hold about 1 MB; swept, a few KB.
+    assert grown < 64 * 1024, grown
+    assert len(scheduler) == 1
+    clock.now = 1e6
+    scheduler.run_due()
+    assert handed.items == ["live"]
+
+
+def test_a_cancelled_earliest_item_does_not_set_the_next_due_time(scheduler, clock):
+    first = scheduler.schedule("first", 101.0)
+    scheduler.schedule("second", 105.0)
+    scheduler.cancel(first)
+    assert scheduler.run_due() == 105.0
+
+
+def test_sealing_skips_cancelled_items(scheduler):
+    scheduler.cancel(scheduler.schedule("gone", 101.0))
+    scheduler.schedule("held", 102.0)
+    assert scheduler.seal() == ["held"]
+    assert len(scheduler) == 0
+
+
 # -- the real timer thread ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_an_item_due_centuries_away_does_not_stop_the_timer() -> None:
+    # An item due beyond threading.TIMEOUT_MAX used to kill the timer thread
+    # (OverflowError in Condition.wait): nothing was handed over after it.
+    fired = threading.Event()
+    scheduler = Scheduler(lambda item: item(), name="far-timer")
+    scheduler.start()
+    try:
+        scheduler.schedule(lambda: None, time.monotonic() + 1e12)
+        assert timer_threads("far-timer")
+        scheduler.schedule(fired.set, time.monotonic())
+        assert fired.wait(WAIT)
+        assert timer_threads("far-timer")[0].is_alive()
+    finally:
+        scheduler.stop(WAIT)
 
 
 def timer_threads(name: str) -> List[threading.Thread]:
