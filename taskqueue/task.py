@@ -28,7 +28,8 @@ from time import monotonic
 from typing import Any, Callable, Dict, Generator, List, Optional, Tuple, Type
 
 from .retry import Backoff, RetryPolicy, check_retry_on
-from .validate import integer, optional_positive_seconds, optional_seconds, whole_number
+from .validate import (integer, optional_positive_seconds, optional_seconds, wait_seconds,
+                       whole_number)
 
 __all__ = ["Task", "TaskState", "TaskHandle", "callable_name"]
 
@@ -458,22 +459,17 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         self._run_callbacks([fn])
 
     def set_running_or_notify_cancel(self) -> bool:
-        """Mark the task running unless it was cancelled (executor API).
+        """Refused: a handle is started only by its queue's workers.
 
-        Returns:
-            False if the task was cancelled, True if it is now running.
+        On a stock Future an executor calls this before running the work;
+        marking a queued handle running from outside would strand its task
+        (no worker would start it, nothing would end it).
 
         Raises:
-            RuntimeError: the task is already running or finished.
+            RuntimeError: always.
         """
-        with self._lock:
-            if self._state == PENDING:
-                self._state = RUNNING
-                self._attempts += 1
-                return True
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return False
-            raise RuntimeError(f"Future in unexpected state {self._state}")
+        raise RuntimeError("a TaskHandle is started by its TaskQueue, not by "
+                           "set_running_or_notify_cancel()")
 
     def set_result(self, result: Any) -> None:
         """Refused: a handle is settled only by its queue, which counts it."""
@@ -512,6 +508,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             self._fn = None
             self._args = ()
             self._kwargs = None
+            self._task = None
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
@@ -553,6 +550,7 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         self._fn = None
         self._args = ()
         self._kwargs = None
+        self._task = None
 
     def _wait(self, timeout: Optional[float]) -> None:
         # A finished handle never changes again, and its outcome is written
@@ -561,6 +559,8 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         # it holds this handle's (non-reentrant) lock.
         if self.done():
             return
+        if timeout is not None and not timeout > 0:  # NaN too: as Future, at once
+            raise TimeoutError()
         with self._lock:
             if self.done():
                 return
@@ -570,7 +570,8 @@ class TaskHandle(Future):  # type: ignore[type-arg]
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError()
-                cond.wait(remaining)
+                # A timeout beyond what a lock accepts is waited out in steps.
+                cond.wait(None if remaining is None else wait_seconds(remaining))
 
     def _run_callbacks(self, callbacks: Optional[List[Callable[[Future], object]]]) -> None:  # type: ignore[type-arg]
         for callback in callbacks or ():

@@ -13,6 +13,7 @@ import copy
 import functools
 import gc
 import logging
+import math
 import pickle
 import random
 import sys
@@ -403,16 +404,18 @@ def test_set_result_and_set_exception_are_refused():
     assert handle.state is TaskState.PENDING and not handle.done()
 
 
-def test_set_running_or_notify_cancel():
+def test_set_running_or_notify_cancel_is_refused_like_set_result():
+    # Marking a queued handle running from outside would strand its task:
+    # no worker starts it, nothing ends it (the Hardening issue's decision).
     handle = make_handle()
-    assert handle.set_running_or_notify_cancel() is True
-    assert handle.state is TaskState.RUNNING and handle.attempts == 1
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="set_running_or_notify_cancel"):
         handle.set_running_or_notify_cancel()
+    assert handle.state is TaskState.PENDING and handle.attempts == 0
 
     cancelled = make_handle()
     cancelled.cancel()
-    assert cancelled.set_running_or_notify_cancel() is False
+    with pytest.raises(RuntimeError):
+        cancelled.set_running_or_notify_cancel()
     assert cancelled.state is TaskState.CANCELLED
 
 
@@ -983,3 +986,36 @@ def test_race_cancel_against_waiters_and_callbacks():
     race(n, by_wait, by_as_completed, by_result, by_callback,
          lambda i: handles[i].cancel())
     assert all(c == [True] for c in called)
+
+
+# -- timeouts that are not plain numbers -------------------------------------------------------
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("timeout", [math.nan, 0.0, -1.0])
+def test_result_with_a_nan_or_spent_timeout_times_out_at_once(timeout: float) -> None:
+    # A NaN timeout used to spin at 100% CPU until the task ended (never,
+    # here): Future raises TimeoutError at once, and so does a handle.
+    handle = make_handle()
+    with pytest.raises(cf.TimeoutError):
+        handle.result(timeout=timeout)
+    with pytest.raises(cf.TimeoutError):
+        handle.exception(timeout=timeout)
+
+
+def test_a_finished_handle_returns_whatever_the_timeout() -> None:
+    handle = make_handle()
+    succeed(handle, 7)
+    assert handle.result(timeout=math.nan) == 7
+    assert handle.exception(timeout=math.nan) is None
+
+
+@pytest.mark.timeout(10)
+def test_a_timeout_longer_than_a_lock_accepts_still_waits_for_the_result() -> None:
+    # Future.result(timeout=1e12) raises OverflowError; a handle waits in steps.
+    handle = make_handle()
+    finisher = threading.Timer(0.05, succeed, (handle, "late"))
+    finisher.start()
+    try:
+        assert handle.result(timeout=1e12) == "late"
+    finally:
+        finisher.join(WAIT)
