@@ -13,25 +13,28 @@ attempts it takes.
 Ordering lives in ``_init/_qsize/_put/_get``, as in CPython's
 ``PriorityQueue``: items may carry a ``_priority`` (0 if not); a higher one comes out first,
 and equal ones in the order they went in. The items wait in one FIFO deque
-per priority level rather than in a heap, so that the common case, where
-every task has the same priority, costs a deque append and popleft, as a
-plain ``queue.Queue`` does, instead of O(log n) tuple comparisons.
+per priority level rather than in a heap of items, so that the common case,
+where every task has the same priority, costs a deque append and popleft,
+as a plain ``queue.Queue`` does, instead of O(log n) tuple comparisons. The
+levels that hold items are kept in a heap of their own: a level that
+appears or empties costs O(log levels), so a backlog in which every task
+has a priority of its own (a deadline, say) stays cheap too.
 """
 
 from __future__ import annotations
 
 import queue
 from collections import deque
-from operator import itemgetter
+from heapq import heappop, heappush
 from time import monotonic
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .errors import QueueClosed, QueueFull
 
 __all__ = ["WorkQueue"]
 
-# Priority levels kept while empty, so that a level in steady use is not
-# rebuilt each time the queue drains; past this many, empty ones are dropped.
+# Empty priority levels kept, so that a level in steady use is not rebuilt
+# each time the queue drains; past this many, empty ones are dropped.
 _MAX_IDLE_LEVELS = 16
 
 
@@ -43,6 +46,10 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             bound.
         name: the owning queue's name, used in error messages.
     """
+
+    # The highest priority queued (None when empty), kept by the ordering
+    # hooks; a class default, so a subclass with other hooks reads None.
+    _top: Any = None
 
     def __init__(self, maxsize: int = 0, name: str = "taskqueue") -> None:
         super().__init__(maxsize)
@@ -62,13 +69,14 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
     # -- ordering (override these to change it) ------------------------------
 
     def _init(self, maxsize: int) -> None:
-        self._buckets: Dict[Any, Deque[Any]] = {}
-        # The buckets in use, highest priority first (_get looks at them in
-        # turn), and the same with their priorities, as pairs: each list is
-        # replaced whole, never changed in place, so that outranked() can
-        # read one without the mutex.
-        self._order: List[Deque[Any]] = []
-        self._levels: List[Tuple[Any, Deque[Any]]] = []
+        self._buckets: Dict[Any, Deque[Any]] = {}  # every level kept, empty or not
+        # The levels that hold items, as a heap of negated priorities, and the
+        # highest of them with its bucket (what _get takes from next). _top is
+        # one attribute, replaced whole, so that outranked() can read it
+        # without the mutex.
+        self._levels: List[Any] = []
+        self._top: Any = None
+        self._top_bucket: Optional[Deque[Any]] = None
         self._size = 0
 
     def _qsize(self) -> int:
@@ -78,24 +86,35 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         priority = getattr(item, "_priority", 0)
         bucket = self._buckets.get(priority)
         if bucket is None:
-            bucket = self._add_level(priority)
+            bucket = self._new_level(priority)
+        if not bucket:  # the level starts holding items: it joins the heap
+            heappush(self._levels, -priority)
+            if self._top_bucket is None or priority > self._top:
+                self._top, self._top_bucket = priority, bucket
         bucket.append(item)
         self._size += 1
 
     def _get(self) -> Any:
-        for bucket in self._order:
-            if bucket:
-                self._size -= 1
-                return bucket.popleft()
-        raise IndexError("get from an empty WorkQueue")
+        bucket = self._top_bucket
+        if bucket is None:
+            raise IndexError("get from an empty WorkQueue")
+        item = bucket.popleft()
+        self._size -= 1
+        if not bucket:  # the level emptied: the next one down is on top
+            heappop(self._levels)
+            if self._levels:
+                self._top = -self._levels[0]
+                self._top_bucket = self._buckets[self._top]
+            else:
+                self._top, self._top_bucket = None, None
+        return item
 
-    def _add_level(self, priority: Any) -> Deque[Any]:
-        if len(self._buckets) >= _MAX_IDLE_LEVELS:  # forget levels no longer in use
+    def _new_level(self, priority: Any) -> Deque[Any]:
+        if len(self._buckets) >= len(self._levels) + _MAX_IDLE_LEVELS:
+            # Forget the empty levels: O(levels), once per that many new ones.
             self._buckets = {p: b for p, b in self._buckets.items() if b}
         bucket: Deque[Any] = deque()
         self._buckets[priority] = bucket
-        self._levels = sorted(self._buckets.items(), key=itemgetter(0), reverse=True)
-        self._order = [bucket for _, bucket in self._levels]
         return bucket
 
     # -- taking and finishing (queue.Queue's own, leaner) ---------------------
@@ -256,17 +275,15 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
 
         A hint, read without the mutex: the answer may be out of date by the
         time it is used, as it could be an instant after any locked read.
-        Every read is of one whole object (a flag, the level list, a deque's
-        length), so it is also safe without the GIL. Taking the mutex here,
+        Every read is of one whole object (a flag, the top level's
+        priority), so it is also safe without the GIL. Taking the mutex here,
         once per failed attempt, made workers that retry convoy behind the
         producers on it: four workers retrying ran at a third of one.
         """
         if self.sealed:
             return True
-        for level, bucket in self._levels:
-            if bucket:
-                return level > priority  # type: ignore[no-any-return]
-        return False
+        top = self._top
+        return top is not None and top > priority
 
     def wake_workers(self, item: Any) -> None:
         """Put ``item`` (a stop sentinel) in, past the bound and any seal."""
