@@ -10,14 +10,17 @@ out. It knows nothing of the queue: it is given the queue's ``submit``.
 from __future__ import annotations
 
 import collections
+import logging
 from itertools import islice
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, TimeoutError
 from time import monotonic
-from typing import Any, Callable, Deque, Generator, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Iterator, Optional, Tuple
 
 from . import validate
 
 __all__ = ["lazy_map"]
+
+log = logging.getLogger(__name__)
 
 Submit = Callable[..., "Future[Any]"]
 
@@ -40,9 +43,15 @@ def lazy_map(
     after ``k`` results, at most ``k + buffersize`` items have been pulled.
     Like ``map``, the iterables are zipped and the shortest one ends it.
 
-    Closing the iterator, dropping it, or an exception leaving it cancels
-    every task it submitted whose result was not handed out (a task already
-    running finishes, as ``Future.cancel`` allows).
+    An iterator that is dropped before its first result was asked for
+    cancels nothing: the first ``buffersize`` items run, as
+    ``Executor.map``'s would (so ``queue.map(fn, items)`` for its side
+    effects works on inputs of up to ``buffersize`` items; the rest of a
+    longer input is never pulled). Once iteration has begun, closing the
+    iterator, dropping it, or an exception leaving it cancels every task it
+    submitted whose result was not handed out (a task already running
+    finishes, as ``Future.cancel`` allows). It never holds a result it has
+    handed out.
 
     Args:
         submit: ``submit(fn, *args)`` returns a Future for one call (the
@@ -77,39 +86,93 @@ def lazy_map(
         raise TypeError(f"fn must be callable, got {fn!r}")
     deadline = None if timeout is None else clock() + timeout
     items = zip(*iterables)
-    results = _results(submit, fn, items, buffersize, deadline, clock)
-    # Run the generator to its first (empty) yield: the first batch is
-    # submitted now, and from here on the generator is suspended inside its
-    # try, so closing or garbage-collecting it even before the first result
-    # runs the finally that cancels what is in flight.
-    next(results)
-    return results
-
-
-def _results(
-    submit: Submit,
-    fn: Callable[..., Any],
-    items: Iterator[Tuple[Any, ...]],
-    buffersize: int,
-    deadline: Optional[float],
-    clock: Callable[[], float],
-) -> Generator[Any, None, None]:
     in_flight: Deque[Future[Any]] = collections.deque()
     try:
         for args in islice(items, buffersize):
             in_flight.append(submit(fn, *args))
-        yield None  # primed: see lazy_map
-        while in_flight:
-            result = _result_or_cancel(in_flight.popleft(), deadline, clock)
-            # Refill before handing the result out, so that the pool keeps
-            # working while the caller deals with it; the handle just popped
-            # is done, so no more than buffersize are ever in flight.
-            for args in islice(items, 1):
-                in_flight.append(submit(fn, *args))
-            yield result
-    finally:
+    except BaseException:
         for handle in in_flight:
             handle.cancel()
+        raise
+    return _MapIterator(submit, fn, items, in_flight, deadline, clock,
+                        full_batch=len(in_flight) == buffersize)
+
+
+class _MapIterator:
+    """The iterator :func:`lazy_map` returns: one result per ``next()``, in order.
+
+    Dropped before its first ``next()``, it cancels nothing: the batch
+    submitted when it was made runs, as ``Executor.map``'s would (CPython
+    #11777); it logs a warning if the input may hold items never pulled.
+    Once iteration has begun, closing or dropping it, or an exception
+    leaving ``next()``, cancels what it submitted and has not handed out.
+    """
+
+    def __init__(self, submit: Submit, fn: Callable[..., Any], items: Iterator[Tuple[Any, ...]],
+                 in_flight: Deque[Future[Any]], deadline: Optional[float],
+                 clock: Callable[[], float], *, full_batch: bool) -> None:
+        self._submit = submit
+        self._fn = fn
+        self._items = items
+        self._in_flight = in_flight
+        self._deadline = deadline
+        self._clock = clock
+        self._full_batch = full_batch
+        self._started = False
+
+    def __iter__(self) -> _MapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        self._started = True
+        in_flight = self._in_flight
+        if not in_flight:
+            raise StopIteration
+        try:
+            if _succeeded(in_flight[0], self._deadline, self._clock):
+                # Refill before handing the result out, so that the pool keeps
+                # working while the caller deals with it; the head is done, so
+                # no more than buffersize are ever in flight. (A failed head
+                # raises next, ending the iterator: nothing more is pulled.)
+                for args in islice(self._items, 1):
+                    in_flight.append(self._submit(self._fn, *args))
+            # Returned straight from the call, never kept: the iterator must
+            # not keep alive a result the caller has dropped (CPython #14406).
+            return _result_or_cancel(in_flight.popleft(), self._deadline, self._clock)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Cancel every task submitted and not handed out (running ones finish)."""
+        self._started = True
+        in_flight, self._in_flight = self._in_flight, collections.deque()
+        for handle in in_flight:
+            handle.cancel()
+
+    def __del__(self) -> None:
+        try:
+            if self._started:
+                self.close()
+            elif self._full_batch:
+                log.warning("a map() result was dropped unread: its first %d items run, but "
+                            "the rest of its input was never submitted; iterate the result, "
+                            "or pass a larger buffersize", len(self._in_flight))
+        except Exception:  # pragma: no cover - at interpreter exit, nothing is left to tell
+            pass
+
+
+def _succeeded(handle: Future[Any], deadline: Optional[float],
+               clock: Callable[[], float]) -> bool:
+    # Wait until the head is done without taking its result; a head given up
+    # on (timed out) is cancelled, as concurrent.futures does.
+    try:
+        return handle.exception(None if deadline is None else max(0.0, deadline - clock())) is None
+    except CancelledError:
+        return False  # _result_or_cancel raises it
+    except TimeoutError:
+        handle.cancel()
+        raise
 
 
 def _result_or_cancel(handle: Future[Any], deadline: Optional[float],

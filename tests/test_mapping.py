@@ -12,6 +12,7 @@ import gc
 import itertools
 import math
 import threading
+import weakref
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import pytest
@@ -192,13 +193,61 @@ def test_ten_million_items_are_pulled_lazily_and_the_rest_cancelled_on_close(mak
         gate.open()
 
 
-def test_dropping_an_iterator_before_its_first_result_cancels_its_tasks() -> None:
+def test_dropping_an_unread_iterator_cancels_nothing_and_warns_if_input_was_left(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # CPython #11777: executor.map(fn, items) used for its side effects must
+    # run its work even though its result is never read.
     submit = FakeSubmit()
     results = lazy_map(submit, square, (range(10),), buffersize=4)
     del results
     gc.collect()
     assert len(submit.futures) == 4
-    assert all(f.cancelled() for f in submit.futures)
+    assert not any(f.cancelled() for f in submit.futures)
+    assert "dropped unread" in caplog.text and "first 4 items" in caplog.text
+
+
+def test_dropping_an_unread_iterator_over_a_short_input_is_silent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    submit = FakeSubmit()
+    results = lazy_map(submit, square, (range(3),), buffersize=4)
+    del results
+    gc.collect()
+    assert len(submit.futures) == 3 and not any(f.cancelled() for f in submit.futures)
+    assert "dropped unread" not in caplog.text
+
+
+def test_on_a_real_queue_an_unread_map_runs_every_item(make_queue) -> None:
+    queue = make_queue(workers=2)
+    seen: List[int] = []
+    queue.map(seen.append, range(10))  # the result is never kept
+    queue.shutdown(wait=True)
+    assert sorted(seen) == list(range(10))
+
+
+def test_dropping_an_iterator_after_its_first_result_cancels_the_rest() -> None:
+    submit = FakeSubmit()
+    results = lazy_map(submit, square, (range(10),), buffersize=4)
+    submit.futures[0].set_result(0)
+    assert next(results) == 0
+    del results
+    gc.collect()
+    assert [f.cancelled() for f in submit.futures] == [False, True, True, True, True]
+
+
+def test_the_iterator_keeps_no_reference_to_a_result_it_handed_out(make_queue) -> None:
+    # CPython #14406, test_free_reference: once the caller drops a result,
+    # nothing in the iterator keeps it alive.
+    class Big:
+        pass
+
+    queue = make_queue(workers=2)
+    results = queue.map(lambda _: Big(), range(5))
+    for _ in range(5):
+        obj = next(results)
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
 
 
 def test_closing_after_some_results_cancels_only_those_not_handed_out() -> None:
