@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Executor
 from time import monotonic
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -159,7 +160,9 @@ class TaskQueue(JournalSupport, Executor):
         self._worker_threads: frozenset[threading.Thread] = frozenset()
         self._stopping = False
         self._keys = UniqueKeys()
-        self._periodics: List[Periodic] = []
+        # Weakly: a running Periodic is held by its scheduled tick; a cancelled
+        # one by nothing of the queue's.
+        self._periodics: weakref.WeakSet[Periodic] = weakref.WeakSet()
         self._registry = Registry(self.submit, asubmit=self.asubmit)
         self._pid = os.getpid()
         self._on_cancel = self._count_cancelled  # one bound method for every handle
@@ -241,7 +244,9 @@ class TaskQueue(JournalSupport, Executor):
         if not started:
             self._close_journal()
             return
-        for periodic in self._periodics:
+        with self._lock:
+            periodics = list(self._periodics)
+        for periodic in periodics:
             periodic.cancel()
         if cancel_futures:
             self._cancel_not_started()
@@ -412,9 +417,10 @@ class TaskQueue(JournalSupport, Executor):
         if not self._ready:
             self._prepare()
         periodic = Periodic(task, interval, submit=self._submit_run,
-                            schedule=self._scheduler.schedule, clock=self._clock)
+                            schedule=self._scheduler.schedule,
+                            unschedule=self._scheduler.cancel, clock=self._clock)
         with self._lock:
-            self._periodics.append(periodic)
+            self._periodics.add(periodic)
         return periodic
 
     def _submit_run(self, task: Task) -> TaskHandle:
