@@ -20,6 +20,7 @@ from .errors import (JournalError, JournalLocked, QueueClosed, QueueFull, Retry,
                      TimeLimitExceeded)
 from .events import Event, EventKind
 from .journal import Journal
+from .journalfile import JournalView
 from .periodic import Periodic
 from .pool import TaskQueue
 from .registry import TaskFunction
@@ -57,6 +58,7 @@ __all__ = [
     "TimeLimitExceeded",
     # Journal
     "Journal",
+    "JournalView",
     "JournalError",
     "JournalLocked",
 ]

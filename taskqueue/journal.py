@@ -19,9 +19,12 @@ committed on their own after at most a couple of milliseconds. And when
 several submitters were in the last group, the writer gives them a moment
 (half a millisecond at most) to come back and share the next one.
 
-The file is opened in SQLite's exclusive locking mode: one connection, so
-one process and one queue, owns it until it is closed. Every ``sqlite3``
-error is turned into :class:`JournalError` naming the file.
+One queue, in one process, owns a journal at a time (an ``flock`` held
+while it is open, see :mod:`taskqueue.journalfile`); SQLite runs in its
+normal locking mode, so a :class:`~taskqueue.journalfile.JournalView` can
+read the file while its owner runs. A file is checked read-only before it
+is opened for writing, so one that is refused is left untouched. Every
+``sqlite3`` error is turned into :class:`JournalError` naming the file.
 
 This is a mechanism: it knows nothing of the pool, the registry or task
 functions; it stores names, encoded arguments and plain options.
@@ -34,97 +37,25 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 from time import monotonic
-from typing import (Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple,
-                    Union)
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import JournalError, JournalLocked
+from . import journalfile
+from .errors import JournalError
+from .journalfile import (APPLICATION_ID, DEAD, DURABILITIES, MIGRATIONS, PENDING, RUNNING,
+                          SCHEDULED, SCHEMA_VERSION, STATES, Migration, Row, check_durability,
+                          decode_row, one_line)
 
 __all__ = ["Journal", "Row", "DURABILITIES", "APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS",
-           "check_durability"]
+           "STATES", "PENDING", "SCHEDULED", "RUNNING", "DEAD", "check_durability"]
 
 log = logging.getLogger(__name__)
 
-APPLICATION_ID = 0x74517565  # "tQue": marks a SQLite file as a taskqueue journal
-"""The ``PRAGMA application_id`` of every journal file."""
-SCHEMA_VERSION = 1
-"""The schema version this code writes (``PRAGMA user_version``)."""
-
-DURABILITIES = {"normal": "NORMAL", "full": "FULL"}
-"""The ``durability=`` values and the ``PRAGMA synchronous`` each one sets."""
-
-PENDING, SCHEDULED, RUNNING, DEAD = "pending", "scheduled", "running", "dead"
-STATES = (PENDING, SCHEDULED, RUNNING, DEAD)
-
-_SCHEMA_V1 = """
-CREATE TABLE tasks (
-    id           TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    args         TEXT NOT NULL,
-    kwargs       TEXT NOT NULL,
-    options      TEXT NOT NULL,
-    state        TEXT NOT NULL,  -- pending | scheduled | running | dead
-    attempts     INTEGER NOT NULL,
-    due          REAL,           -- epoch seconds, for scheduled
-    submitted_at REAL NOT NULL,
-    error        TEXT,
-    traceback    TEXT,
-    failed_at    REAL
-)
-"""
-
-Migration = Callable[[sqlite3.Connection], None]
-
-MIGRATIONS: Dict[int, Migration] = {}
-"""Schema upgrades by the version they start from: ``MIGRATIONS[n]`` takes a
-version-``n`` file to version ``n + 1``. Version 1 is the first schema, so
-there is none yet; :class:`Journal` runs them in one transaction at open."""
-
-
-def check_durability(durability: object) -> str:
-    """Return ``durability`` if it is one of :data:`DURABILITIES`.
-
-    Raises:
-        ValueError: it is not (the message names the parameter and the value).
-    """
-    if durability not in DURABILITIES:
-        raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
-                         f"got {durability!r}")
-    return durability  # type: ignore[return-value]
-
-
-class Row(NamedTuple):
-    """One task as the journal holds it."""
-
-    id: str
-    """The task's journal id (also its handle's ``id``)."""
-    name: str
-    """The registered name of its task function."""
-    args: List[Any]
-    """Positional arguments, decoded (a JSON list: tuples come back as lists)."""
-    kwargs: Dict[str, Any]
-    """Keyword arguments, decoded."""
-    options: Dict[str, Any]
-    """The task's own options (retries, priority, ...), as plain JSON values."""
-    state: str
-    """``pending``, ``scheduled``, ``running`` (when the process stopped) or ``dead``."""
-    attempts: int
-    """Attempts started so far."""
-    due: Optional[float]
-    """For ``scheduled``: when it is due, in seconds since the epoch."""
-    submitted_at: float
-    """When it was submitted, in seconds since the epoch."""
-    error: Optional[str]
-    """For ``dead``: the final error, ``"Type: message"``."""
-    traceback: Optional[str]
-    """For ``dead``: the final error's traceback."""
-    failed_at: Optional[float]
-    """For ``dead``: when it failed, in seconds since the epoch."""
-    problem: Optional[str] = None
-    """Why the row's arguments or options could not be decoded (then they are empty)."""
+# How long the owner's connection waits for a reader's brief lock (a
+# JournalView in another process) before a write fails.
+_BUSY_TIMEOUT = 5.0
 
 
 class _Waiter:
@@ -196,8 +127,9 @@ class Journal:
         ValueError: ``durability`` is not one of :data:`DURABILITIES`.
         TypeError: ``serializer`` lacks ``dumps`` or ``loads``.
         JournalLocked: another journal (in this or another process) has the file open.
-        JournalError: the file is not a journal, is corrupt, is of a newer
-            schema version, or cannot be created or read.
+        JournalError: the file is not a journal (an empty file is not one
+            either), is corrupt, is of a newer schema version, or cannot be
+            created or read. A refused file is left untouched.
 
     The ``record_*`` methods are safe from any thread. Nothing written by
     this class is ever interpreted as code: rows hold names, which the
@@ -237,114 +169,105 @@ class Journal:
         self._conn = self._open()
         self._writer = threading.Thread(target=self._write_loop, name=f"journal-{self.path}",
                                         daemon=True)
-        self._writer.start()
+        try:
+            self._writer.start()
+        except BaseException:  # no thread can start (at interpreter exit): let the file go
+            self._conn.close()
+            journalfile.release(self._lock_fd)
+            raise
 
     # -- opening --------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        self._create_if_missing()
+        # Owner first (a second one is refused before anything is read),
+        # then a read-only check (a refused file is never written to), and
+        # only then the connection that writes.
+        self._lock_fd = journalfile.claim(self.path)
+        try:
+            checker = journalfile.read_only(self.path)
+            try:
+                version = journalfile.check_file(self.path, checker, self.schema_version)
+            finally:
+                checker.close()
+            return self._connect(version)
+        except BaseException:
+            journalfile.release(self._lock_fd)
+            raise
+
+    def _connect(self, version: int) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=0)
+                                   timeout=_BUSY_TIMEOUT)
         except sqlite3.Error as exc:
-            raise self._error("cannot be opened", exc) from None
+            raise journalfile.error(self.path, "cannot be opened", exc) from None
         try:
-            self._claim_and_check(conn)
+            if version < self.schema_version:
+                self._migrate(conn, version)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise journalfile.error(self.path, "cannot be opened", exc) from None
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _create_if_missing(self) -> None:
-        # Created here, not by SQLite, so that it is owner-only from birth:
-        # the -wal file SQLite makes later copies these permissions.
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        # All steps in one transaction: a failed one leaves the file at its version.
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError as exc:
-            raise JournalError(f"{self.path}: cannot open or create the journal file: "
-                               f"{exc.strerror or exc}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise JournalError(f"{self.path} is not a regular file, so not a taskqueue journal")
-        finally:
-            os.close(fd)
-
-    def _claim_and_check(self, conn: sqlite3.Connection) -> None:
-        try:
-            # Exclusive locking mode: the lock taken by the first write
-            # transaction is held until the connection closes, so a second
-            # opener fails at once (timeout=0) instead of sharing the file.
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_and_migrate(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise JournalLocked(f"{self.path} is in use by another TaskQueue (in this or "
-                                    "another process); one process owns a journal at a time"
-                                    ) from None
-            raise self._error("cannot be read", exc) from None
-        except sqlite3.DatabaseError as exc:
-            if "not a database" in str(exc):
-                raise JournalError(f"{self.path} is not a taskqueue journal "
-                                   "(not a SQLite database)") from None
-            raise self._error("is corrupt", exc) from None
-        except sqlite3.Error as exc:
-            raise self._error("cannot be opened", exc) from None
-
-    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
-        # Runs inside the opening transaction: a failed check writes nothing.
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and version == 0 and tables == 0:
-            conn.execute(_SCHEMA_V1)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            version = 1
-        elif app_id != APPLICATION_ID:
-            raise JournalError(f"{self.path} is not a taskqueue journal (a SQLite database "
-                               "of another application); refusing to touch it")
-        elif version > self.schema_version:
-            raise JournalError(f"{self.path} has journal schema version {version}, newer than "
-                               f"this taskqueue understands ({self.schema_version}); "
-                               "upgrade taskqueue to open it")
-        else:
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise JournalError(f"{self.path} is corrupt: {problems[0]}")
-        while version < self.schema_version:
-            migrate = self.migrations.get(version)
-            if migrate is None:
-                raise JournalError(f"{self.path} has journal schema version {version} and "
-                                   "there is no migration from it")
-            migrate(conn)
-            version += 1
-        conn.execute(f"PRAGMA user_version = {int(version)}")
+            while version < self.schema_version:
+                migrate = self.migrations.get(version)
+                if migrate is None:
+                    raise JournalError(f"{self.path} has journal schema version {version} and "
+                                       "there is no migration from it")
+                migrate(conn)
+                version += 1
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _error(self, what: str, exc: BaseException) -> JournalError:
-        return JournalError(f"{self.path} {what}: {exc}")
+        return journalfile.error(self.path, what, exc)
 
     # -- encoding -------------------------------------------------------------
 
-    def encode(self, args: Any, kwargs: Dict[str, Any]) -> Tuple[Any, Any]:
-        """Encode a task's arguments with the serializer.
+    def encode(self, args: Any, kwargs: Dict[str, Any]) -> Tuple[Any, Any, Tuple[Any, ...],
+                                                              Dict[str, Any]]:
+        """Encode a task's arguments, and decode them back as a restart would.
+
+        A task must see the same arguments on every run, the first one
+        included: it runs with what comes back here (with JSON, tuples are
+        lists and dict keys are strings), not with the objects given.
+
+        Returns:
+            ``(args, kwargs, decoded_args, decoded_kwargs)``: the encoded
+            forms to record, and what the task is to be called with.
 
         Raises:
-            TypeError: the serializer refused them (the message says why).
+            TypeError: the serializer refused them, or they would not come
+                back as they were written (dict keys that collide once made
+                strings, ``{1: "a", "1": "b"}``, would lose an entry).
         """
+        dumps, loads = self._serializer.dumps, self._serializer.loads
         try:
-            return self._serializer.dumps(list(args)), self._serializer.dumps(dict(kwargs))
+            encoded = dumps(list(args)), dumps(dict(kwargs))
+            decoded = loads(encoded[0]), loads(encoded[1])
+            unchanged = (dumps(decoded[0]), dumps(decoded[1])) == encoded
         except Exception as exc:
             raise TypeError(f"the task's arguments cannot be written to the journal "
-                            f"({type(exc).__name__}: {exc}); journaled tasks take arguments "
-                            "the journal's serializer accepts (JSON by default)") from None
+                            f"({type(exc).__name__}: {one_line(exc)}); journaled tasks take "
+                            "arguments the journal's serializer accepts (JSON by default)") from None
+        if not unchanged or not isinstance(decoded[0], list) or not isinstance(decoded[1], dict):
+            raise TypeError("the task's arguments would not come back from the journal as they "
+                            "were written (dict keys that are equal as strings, such as 1 and "
+                            "'1', collide); pass arguments that survive the serializer's round "
+                            "trip")
+        return encoded[0], encoded[1], tuple(decoded[0]), decoded[1]
 
     # -- recording (any thread) ----------------------------------------------
 
@@ -442,39 +365,27 @@ class Journal:
         return list(self._rows("SELECT * FROM tasks ORDER BY submitted_at, rowid"))
 
     def _rows(self, sql: str, params: Tuple[Any, ...] = ()) -> Iterator[Row]:
+        for values in self._read(sql, params):
+            # One damaged row must not keep the others from running: it comes
+            # back marked (Row.problem), for the queue to make a dead letter.
+            yield decode_row(values, self._serializer.loads)
+
+    def _read(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
+        # Between two commits, and never after close(): close() takes the
+        # same lock, so it cannot close the connection under a running query.
         self.flush()
         with self._conn_lock:
+            if self._file_closed:
+                raise JournalError(f"{self.path} is closed")
             try:
-                raw = self._conn.execute(sql, params).fetchall()
+                return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._error("cannot be read", exc) from None
-        for values in raw:
-            # One undecodable row must not keep the others from running: it
-            # comes back marked, for the queue to turn into a dead letter.
-            try:
-                args = self._serializer.loads(values[2])
-                kwargs = self._serializer.loads(values[3])
-                options = json.loads(values[4])
-                if not isinstance(args, list) or not isinstance(kwargs, dict) \
-                        or not isinstance(options, dict):
-                    raise TypeError("expected a list of arguments and dicts of keyword "
-                                    "arguments and options")
-            except Exception as exc:
-                yield Row(values[0], values[1], [], {}, {}, *values[5:],
-                          problem=f"its arguments cannot be decoded ({type(exc).__name__}: {exc})")
-            else:
-                yield Row(values[0], values[1], args, kwargs, options, *values[5:])
 
     def counts(self) -> Dict[str, int]:
         """Return how many tasks are in each state (every state present, 0 if none)."""
-        self.flush()
-        with self._conn_lock:
-            try:
-                found = dict(self._conn.execute(
-                    "SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
-            except sqlite3.Error as exc:
-                raise self._error("cannot be read", exc) from None
-        return {state: found.get(state, 0) for state in STATES}
+        found = dict(self._read("SELECT state, count(*) FROM tasks GROUP BY state", ()))
+        return {state: int(found.get(state, 0)) for state in STATES}
 
     def dead(self, name: Optional[str] = None) -> List[Row]:
         """Return the dead letters, oldest failure first; only ``name``'s if given."""
@@ -501,6 +412,8 @@ class Journal:
     def _change(self, sql: str, params: Tuple[Any, ...]) -> int:
         self.flush()
         with self._conn_lock:
+            if self._file_closed:
+                raise JournalError(f"{self.path} is closed")
             try:
                 changed = self._conn.execute(sql, params).rowcount
             except sqlite3.Error as exc:
@@ -525,8 +438,10 @@ class Journal:
     def close(self) -> None:
         """Commit everything recorded so far, stop the writer and close the file.
 
-        Idempotent. Records made after this are dropped (their tasks are
-        resumed the next time the journal is opened).
+        Idempotent, and safe while other threads read: it waits for a read
+        in progress, and reads after it raise :class:`JournalError`. Records
+        made after this are dropped (their tasks are resumed the next time
+        the journal is opened).
         """
         with self._close_lock:  # a second caller returns only once the file is closed
             if self._file_closed:
@@ -534,12 +449,15 @@ class Journal:
             with self._cond:
                 self._closing = True
                 self._cond.notify_all()
-            self._writer.join()
-            try:
-                self._conn.close()
-            except sqlite3.Error as exc:  # pragma: no cover - nothing left to lose
-                log.error("closing journal %s: %s", self.path, exc)
-            self._file_closed = True
+            if self._writer is not threading.current_thread():
+                self._writer.join()
+            with self._conn_lock:
+                try:
+                    self._conn.close()
+                except sqlite3.Error as exc:  # pragma: no cover - nothing left to lose
+                    log.error("closing journal %s: %s", self.path, exc)
+                self._file_closed = True
+            journalfile.release(self._lock_fd)
 
     @property
     def closed(self) -> bool:

@@ -17,6 +17,7 @@ LAYERS: Dict[str, int] = {
     "retry": 2, "stats": 2,
     "task": 3,
     "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4,
+    "journalfile": 4,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
     "worker": 6, "durable": 6,
     "pool": 7,

@@ -1,0 +1,471 @@
+"""A journal's SQLite file: owning it, checking it, and reading its rows.
+
+Everything here is about the file, not about writing to it (that is
+:class:`taskqueue.journal.Journal`'s writer thread):
+
+- **Ownership.** One process and one queue own a journal at a time. The
+  owner holds an ``flock`` on the file for as long as it has it open;
+  SQLite itself runs in its normal locking mode with a write-ahead log, so
+  that a reader (:class:`JournalView`, the command line) can look at the
+  file while its owner runs, without blocking it.
+- **Opening is not writing.** A file is checked through a read-only
+  connection before it is opened for writing, so a file that is refused
+  (not a journal, corrupt, of a newer schema, or owned by another queue)
+  is left exactly as it was. A new journal is built in a temporary file
+  and linked into place only when complete: a journal path never holds a
+  half-made journal, and an empty file is never taken for one.
+- **Rows are checked.** A row whose values have the wrong types (SQLite
+  keeps whatever it was given) comes back with :attr:`Row.problem` saying
+  what is wrong and safe values in its place, never as a crash later.
+
+Every ``sqlite3`` error becomes a :class:`JournalError` naming the file, in
+one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import stat
+import tempfile
+import threading
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
+
+from .errors import JournalError, JournalLocked
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS", "DURABILITIES", "STATES",
+           "PENDING", "SCHEDULED", "RUNNING", "DEAD", "Migration", "Row", "JournalView",
+           "check_durability", "claim", "release", "check_file", "decode_row", "one_line"]
+
+APPLICATION_ID = 0x74517565  # "tQue": marks a SQLite file as a taskqueue journal
+"""The ``PRAGMA application_id`` of every journal file."""
+SCHEMA_VERSION = 1
+"""The schema version this code writes (``PRAGMA user_version``)."""
+
+DURABILITIES = {"normal": "NORMAL", "full": "FULL"}
+"""The ``durability=`` values and the ``PRAGMA synchronous`` each one sets."""
+
+PENDING, SCHEDULED, RUNNING, DEAD = "pending", "scheduled", "running", "dead"
+STATES = (PENDING, SCHEDULED, RUNNING, DEAD)
+
+SCHEMA_V1 = """
+CREATE TABLE tasks (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    args         TEXT NOT NULL,
+    kwargs       TEXT NOT NULL,
+    options      TEXT NOT NULL,
+    state        TEXT NOT NULL,  -- pending | scheduled | running | dead
+    attempts     INTEGER NOT NULL,
+    due          REAL,           -- epoch seconds, for scheduled
+    submitted_at REAL NOT NULL,
+    error        TEXT,
+    traceback    TEXT,
+    failed_at    REAL
+)
+"""
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: Dict[int, Migration] = {}
+"""Schema upgrades by the version they start from: ``MIGRATIONS[n]`` takes a
+version-``n`` file to version ``n + 1``. Version 1 is the first schema, so
+there is none yet; :class:`~taskqueue.journal.Journal` runs them in one
+transaction at open."""
+
+# Epoch times a row may hold: from 1970 to the year 3000. Anything else
+# (a text, 1e300) is a damaged row, not a time to wait for.
+_LATEST_TIME = 32503680000.0
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_durability(durability: object) -> str:
+    """Return ``durability`` if it is one of :data:`DURABILITIES`.
+
+    Raises:
+        ValueError: it is not (the message names the parameter and the value).
+    """
+    if durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITIES))}, "
+                         f"got {durability!r}")
+    return durability  # type: ignore[return-value]
+
+
+def one_line(text: object) -> str:
+    """Return ``str(text)`` on one line (SQLite's reports can span many)."""
+    return " ".join(str(text).split())
+
+
+def error(path: str, what: str, exc: BaseException) -> JournalError:
+    """Return the JournalError for ``path``: ``"PATH what: reason"``, on one line."""
+    return JournalError(f"{path} {what}: {one_line(exc)}")
+
+
+# -- ownership ---------------------------------------------------------------------------
+
+# The files this process owns, by (device, inode): a second owner in the same
+# process is refused before it opens the file at all. (Closing any descriptor
+# of a file drops every POSIX lock the process holds on it, SQLite's too.)
+_owned: Set[Tuple[int, int]] = set()
+_owned_lock = threading.Lock()
+_lock_fds: Dict[int, Tuple[int, int]] = {}
+
+
+def claim(path: str, *, create: bool = True) -> int:
+    """Become the owner of the journal at ``path``; return the descriptor that holds the lock.
+
+    A missing file is created first, complete (see the module docstring),
+    when ``create`` is true.
+
+    Raises:
+        JournalLocked: another queue, in this or another process, owns it.
+        JournalError: the path is a dangling link or not a regular file,
+            is missing (without ``create``), or cannot be opened.
+    """
+    _refuse_odd_paths(path)
+    if create and not os.path.exists(path):
+        _create(path)
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise JournalError(f"{path}: no such journal file") from None
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot open the journal file: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"{path} is not a regular file, so not a taskqueue journal")
+        inode = (st.st_dev, st.st_ino)
+        with _owned_lock:
+            if inode in _owned:
+                raise _locked(path)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise _locked(path) from None
+            _owned.add(inode)
+            _lock_fds[fd] = inode
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release(fd: int) -> None:
+    """Give up the ownership :func:`claim` returned (after the file's connections are closed)."""
+    with _owned_lock:
+        inode = _lock_fds.pop(fd, None)
+        if inode is not None:
+            _owned.discard(inode)
+    os.close(fd)  # releases the flock
+
+
+def _after_fork_in_child() -> None:
+    # The child shares each lock with its parent (one open file description):
+    # its copies of the descriptors are closed so that a child living on after
+    # its parent does not keep the journal locked. This does not unlock it for
+    # the parent, which still holds the description.
+    global _owned_lock
+    _owned_lock = threading.Lock()
+    for fd in list(_lock_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _lock_fds.clear()
+    _owned.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _locked(path: str) -> JournalLocked:
+    return JournalLocked(f"{path} is in use by another TaskQueue (in this or another process); "
+                         "one queue owns a journal at a time")
+
+
+def _refuse_odd_paths(path: str) -> None:
+    if os.path.islink(path) and not os.path.exists(path):
+        raise JournalError(f"{path} is a symbolic link to a missing file; refusing to create "
+                           "its target")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise JournalError(f"{path} is not a regular file, so not a taskqueue journal")
+
+
+def _create(path: str) -> None:
+    # Built in a temporary file (owner-only from birth: the -wal file SQLite
+    # makes later copies its permissions), then linked into place, which
+    # fails if another process got there first: then its file is the journal.
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".taskqueue-new-", suffix=".db", dir=directory)
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot create the journal file: {exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            conn.execute(SCHEMA_V1)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        _link_into_place(temporary, path)
+    except sqlite3.Error as exc:
+        raise error(path, "cannot be created", exc) from None
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot create the journal file: {exc.strerror or exc}") from None
+    finally:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def _link_into_place(temporary: str, path: str) -> None:
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # made meanwhile by another opener: that one is the journal
+    except OSError:
+        # A file system without hard links: copy into a file that must not
+        # exist yet (O_EXCL), which leaves a moment in which it is empty.
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "wb") as target, open(temporary, "rb") as source:
+            target.write(source.read())
+            target.flush()
+            os.fsync(target.fileno())
+
+
+# -- checking ----------------------------------------------------------------------------
+
+def read_only(path: str) -> sqlite3.Connection:
+    """Open ``path`` with a read-only SQLite connection (it can never change the file).
+
+    Raises:
+        JournalError: it is not a SQLite database or cannot be opened.
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise JournalError(f"{path}: no such journal file") from None
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot read the journal file: {exc.strerror or exc}") from None
+    if not header:
+        raise JournalError(f"{path} is an empty file, not a taskqueue journal; give a path "
+                           "that does not exist yet and it is created")
+    if header != SQLITE_MAGIC:
+        raise JournalError(f"{path} is not a taskqueue journal (not a SQLite database)")
+    uri = "file:" + _quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise error(path, "cannot be opened", exc) from None
+
+
+def _quote(path: str) -> str:
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def check_file(path: str, conn: sqlite3.Connection, newest: int) -> int:
+    """Check that ``conn``'s file is a sound journal of a version up to ``newest``; return its version.
+
+    Raises:
+        JournalError: it is not a journal, is corrupt, or is of a newer version.
+    """
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise JournalError(f"{path} is not a taskqueue journal (a SQLite database of "
+                               "another application); refusing to touch it")
+        if version > newest:
+            raise JournalError(f"{path} has journal schema version {version}, newer than this "
+                               f"taskqueue understands ({newest}); upgrade taskqueue to open it")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise JournalError(f"{path} is not a taskqueue journal (not a SQLite database)") from None
+        raise error(path, "is corrupt", exc) from None
+    if problems != ["ok"]:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise JournalError(f"{path} is corrupt: {one_line(problems[0])}{more}")
+    return int(version)
+
+
+# -- rows --------------------------------------------------------------------------------
+
+class Row(NamedTuple):
+    """One task as the journal holds it."""
+
+    id: str
+    """The task's journal id (also its handle's ``id``)."""
+    name: str
+    """The registered name of its task function."""
+    args: List[Any]
+    """Positional arguments, decoded (a JSON list: tuples come back as lists)."""
+    kwargs: Dict[str, Any]
+    """Keyword arguments, decoded."""
+    options: Dict[str, Any]
+    """The task's own options (retries, priority, ...), as plain JSON values."""
+    state: str
+    """``pending``, ``scheduled``, ``running`` (when the process stopped) or ``dead``."""
+    attempts: int
+    """Attempts started so far."""
+    due: Optional[float]
+    """For ``scheduled``: when it is due, in seconds since the epoch."""
+    submitted_at: float
+    """When it was submitted, in seconds since the epoch."""
+    error: Optional[str]
+    """For ``dead``: the final error, ``"Type: message"``."""
+    traceback: Optional[str]
+    """For ``dead``: the final error's traceback."""
+    failed_at: Optional[float]
+    """For ``dead``: when it failed, in seconds since the epoch."""
+    problem: Optional[str] = None
+    """What is wrong with the row, if anything: then the bad values are replaced by
+    empty or None ones, and the queue makes it a dead letter saying so."""
+
+
+def decode_row(values: Tuple[Any, ...], loads: Callable[[Any], Any]) -> Row:
+    """Turn the columns of one ``SELECT *`` row into a checked :class:`Row`.
+
+    Never raises: a row that cannot be used comes back with :attr:`Row.problem`.
+    """
+    problems: List[str] = []
+    row_id, name, raw_args, raw_kwargs, raw_options, state, attempts, due, submitted_at, \
+        error_text, traceback, failed_at = values
+    if not isinstance(row_id, str) or not row_id:
+        problems.append(f"its id {row_id!r} is not a text")
+        row_id = str(row_id)
+    if not isinstance(name, str) or not name:
+        problems.append(f"its task name {name!r} is not a text")
+        name = str(name)
+    if state not in STATES:
+        problems.append(f"its state {state!r} is not one of {', '.join(STATES)}")
+        state = PENDING
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        problems.append(f"its attempts {attempts!r} is not a whole number")
+        attempts = 0
+    due = _checked_time("due time", due, problems, optional=True)
+    submitted_at = _checked_time("submission time", submitted_at, problems, optional=False) or 0.0
+    failed_at = _checked_time("failure time", failed_at, problems, optional=True)
+    if error_text is not None and not isinstance(error_text, str):
+        error_text = str(error_text)
+    if traceback is not None and not isinstance(traceback, str):
+        traceback = str(traceback)
+    args: List[Any] = []
+    kwargs: Dict[str, Any] = {}
+    options: Dict[str, Any] = {}
+    try:
+        decoded = loads(raw_args), loads(raw_kwargs), json.loads(raw_options)
+        if not isinstance(decoded[0], list) or not isinstance(decoded[1], dict) \
+                or not isinstance(decoded[2], dict):
+            raise TypeError("expected a list of arguments and dicts of keyword "
+                            "arguments and options")
+        args, kwargs, options = decoded
+    except Exception as exc:
+        problems.append(f"its arguments cannot be decoded ({type(exc).__name__}: {one_line(exc)})")
+    return Row(row_id, name, args, kwargs, options, state, attempts, due, submitted_at,
+               error_text, traceback, failed_at, "; ".join(problems) or None)
+
+
+def _checked_time(what: str, value: Any, problems: List[str], *, optional: bool) -> Optional[float]:
+    if value is None and optional:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and 0 <= value <= _LATEST_TIME:
+        return float(value)
+    problems.append(f"its {what} {value!r} is not a time")
+    return None
+
+
+# -- reading while the owner runs ----------------------------------------------------------
+
+class JournalView:
+    """A read-only look into a journal file, safe while its owner runs.
+
+    It takes no lock the owner needs and never writes (not even the header):
+    the command line uses it for summaries and listings.
+
+    Args:
+        path: the journal file.
+        serializer: decodes task arguments (``json`` if None).
+
+    Raises:
+        JournalError: the file is missing, not a journal, corrupt, or of a
+            newer schema version than this taskqueue reads.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], *, serializer: Any = None,
+                 newest: int = SCHEMA_VERSION) -> None:
+        self.path = os.fspath(path)
+        """The journal file's path, as given."""
+        self._loads = (serializer or json).loads
+        self._lock = threading.Lock()
+        if not os.path.isfile(self.path):
+            if os.path.exists(self.path):
+                raise JournalError(f"{self.path} is not a regular file, so not a taskqueue journal")
+            raise JournalError(f"{self.path}: no such journal file")
+        self._conn = read_only(self.path)
+        try:
+            check_file(self.path, self._conn, newest)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def rows(self, where: str = "", params: Tuple[Any, ...] = (),
+             order: str = "submitted_at, rowid") -> Iterator[Row]:
+        """Yield the checked rows matching ``where`` (SQL, with ``?`` params), in ``order``.
+
+        Raises:
+            JournalError: the file cannot be read.
+        """
+        sql = "SELECT * FROM tasks" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
+        for values in self._fetch(sql, params):
+            yield decode_row(values, self._loads)
+
+    def counts(self) -> Dict[str, int]:
+        """Return how many tasks are in each state (every state present, 0 if none)."""
+        found = dict(self._fetch("SELECT state, count(*) FROM tasks GROUP BY state", ()))
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    def dead(self, name: Optional[str] = None) -> List[Row]:
+        """Return the dead letters, oldest failure first; only ``name``'s if given."""
+        if name is None:
+            return list(self.rows("state = 'dead'", (), "failed_at, rowid"))
+        return list(self.rows("state = 'dead' AND name = ?", (name,), "failed_at, rowid"))
+
+    def _fetch(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise error(self.path, "cannot be read", exc) from None
+
+    def close(self) -> None:
+        """Close the read-only connection; idempotent."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> JournalView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
