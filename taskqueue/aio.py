@@ -43,14 +43,20 @@ async def submit_when_room(
     when_room: Callable[[Callable[[], None]], None],
     full: type,
     timeout: Optional[float],
+    *,
+    in_thread: bool = False,
 ) -> Any:
     """Call ``try_submit()`` until it stops raising ``full``, waiting for room in between.
 
     Args:
-        try_submit: submits without blocking; raises ``full`` when there is no room.
+        try_submit: submits without waiting for room; raises ``full`` when there is none.
         when_room: ``when_room(callback)`` calls ``callback()`` once there is room.
         full: the exception ``try_submit`` raises when full.
         timeout: the most seconds to wait for room; None for ever.
+        in_thread: ``try_submit`` does blocking I/O (a journal commit): call
+            it in the loop's default executor, never on the loop's thread.
+            If the awaiting coroutine is cancelled meanwhile, the task it
+            submits is cancelled as soon as it is accepted.
 
     Raises:
         full: still no room after ``timeout``.
@@ -59,6 +65,8 @@ async def submit_when_room(
     deadline = None if timeout is None else loop.time() + timeout
     while True:
         try:
+            if in_thread:
+                return await _in_thread(loop, try_submit)
             return try_submit()
         except full:
             if deadline is not None and loop.time() >= deadline:
@@ -70,3 +78,19 @@ async def submit_when_room(
             await asyncio.wait_for(room, remaining)
         except asyncio.TimeoutError:
             pass  # one last try, which raises if there is still no room
+
+
+async def _in_thread(loop: asyncio.AbstractEventLoop, try_submit: Callable[[], Any]) -> Any:
+    future = loop.run_in_executor(None, try_submit)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The submit goes on in its thread and cannot be taken back: the
+        # caller gave up, so the task is cancelled once it is accepted.
+        future.add_done_callback(_cancel_accepted)
+        raise
+
+
+def _cancel_accepted(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().cancel()

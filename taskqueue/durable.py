@@ -64,11 +64,19 @@ class JournalSupport:
                 f"{self.name} has a journal, so it only takes task functions registered on it "
                 f"with @queue.task (a restart finds them again by name); got {fn!r}")
         options = _journal_options(handle._task, fn)
-        args, kwargs = journal.encode(handle._args, handle._kwargs or {})
+        args, kwargs, handle._args, decoded_kwargs = journal.encode(handle._args,
+                                                                    handle._kwargs or {})
+        # The task runs with what a restart would read back, from the first run on.
+        handle._kwargs = decoded_kwargs or None
         delay = handle._task.delay if handle._task is not None else None
         task_id = uuid.uuid4().hex
-        journal.record_submit(task_id, fn.name, args, kwargs, options,
-                              time.time() + delay if delay else None)
+        try:
+            journal.record_submit(task_id, fn.name, args, kwargs, options,
+                                  time.time() + delay if delay else None)
+        except JournalError:
+            if not self._work.accepting:  # shut down meanwhile: say so, as submit does
+                raise self._work.closed_error() from None
+            raise
         handle._id = task_id
         try:
             admitted = self._admit(handle, block, timeout)
@@ -84,7 +92,13 @@ class JournalSupport:
         # back where it was; dead letters come back as dead letters.
         journal: Journal = self._journal  # type: ignore[assignment]
         wall = time.time()
-        for row in journal.recover():
+        try:
+            rows = journal.recover()
+        except JournalError:
+            if not self._work.accepting:
+                return  # shut down meanwhile: the rows stay in the file for next time
+            raise
+        for row in rows:
             fn = self.tasks.get(row.name)
             if row.state == DEAD:
                 self._dead.add(self._recovered_letter(row, fn, TaskQueueError(row.error)))
@@ -96,7 +110,11 @@ class JournalSupport:
                         "with @queue.task before the queue starts")
                 if row.problem is not None:
                     raise JournalError(f"task {row.id} in {journal.path}: {row.problem}")
-                handle = self._resumed_handle(row, fn)
+                try:
+                    handle = self._resumed_handle(row, fn)
+                except (TypeError, ValueError) as exc:  # options no Task accepts
+                    raise JournalError(f"task {row.id} in {journal.path}: its options "
+                                       f"cannot be used ({exc})") from None
             except (TaskQueueError, TypeError, ValueError) as exc:
                 letter = self._recovered_letter(row, fn, exc)
                 self._dead.add(letter)

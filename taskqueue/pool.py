@@ -326,7 +326,8 @@ class TaskQueue(JournalSupport, Executor):
 
         return await submit_when_room(  # type: ignore[no-any-return]
             lambda: self.submit_nowait(fn, *args, **kwargs),
-            self._work.when_room, QueueFull, self._submit_timeout)
+            self._work.when_room, QueueFull, self._submit_timeout,
+            in_thread=self._journal is not None)  # a commit must not block the loop
 
     def task(self, fn: Optional[Callable[..., Any]] = None, /, *, name: Optional[str] = None,
              **options: Any) -> Any:
