@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Callable, Iterator, List, Optional
 
-from . import Journal, JournalError
+from . import Journal, JournalError, JournalView
 from .demo import BACKOFF, LATENCY, RETRIES, run_demo
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -163,8 +163,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 # -- journal ----------------------------------------------------------------
 
 JOURNAL_DESCRIPTION = """\
-Look into a taskqueue journal file (TaskQueue(journal=PATH)) while its
-program is not running, and act on its dead letters.
+Look into a taskqueue journal file (TaskQueue(journal=PATH)), and act on its
+dead letters. Looking (a summary, --dead) only reads the file, never changes
+it, and works while its program runs.
 
 Without an action, print how many tasks are pending, scheduled (a delay or a
 retry), running when the program stopped (they run again on its next start)
@@ -172,11 +173,12 @@ and dead. --dead lists the dead letters with their errors.
 
 requeue-dead turns dead letters (only --name's, if given) back into pending
 tasks, their attempts counted from zero: they run on the program's next
-start. purge-dead deletes every dead letter. Both change the file: on a
-terminal they ask for --yes.
+start. purge-dead deletes every dead letter. Both change the file, so they
+need it to themselves (its program must not be running); on a terminal they
+ask for --yes.
 
-A missing, locked (the program is running) or invalid file is an error
-(exit status 2).
+A missing, locked (for a change, the program is running) or invalid file
+is an error (exit status 2).
 """
 
 REQUEUE, PURGE = "requeue-dead", "purge-dead"
@@ -210,50 +212,75 @@ def _run_journal(args: argparse.Namespace) -> int:
         return _journal_error(prog, "--name does not go with purge-dead, which purges them all")
     if args.action is not None and not args.yes and _is_terminal(sys.stdout):
         return _journal_error(prog, f"{args.action} changes {args.path}; pass --yes to confirm")
-    if not os.path.isfile(args.path):
-        return _journal_error(prog, f"{args.path}: no such journal file")
     try:
-        journal = Journal(args.path)
+        if args.action is None:
+            _inspect_journal(args)
+        else:
+            _change_journal(args)
     except JournalError as exc:
         return _journal_error(prog, str(exc))
+    return EXIT_OK
+
+
+def _inspect_journal(args: argparse.Namespace) -> None:
+    # Read-only: the file is never changed, and its program may be running.
+    with JournalView(args.path) as view:
+        if args.dead:
+            _print_dead(view, args.name)
+        else:
+            _print_summary(view)
+
+
+def _change_journal(args: argparse.Namespace) -> None:
+    # Changes need the file to itself: JournalLocked while its program runs.
+    if not os.path.isfile(args.path):
+        raise JournalError(f"{args.path}: no such journal file")
+    journal = Journal(args.path)
     try:
         if args.action == REQUEUE:
             count = journal.requeue_dead(args.name)
             print(f"requeued {count} dead letter(s) in {args.path}; "
                   "they run when the program starts again")
-        elif args.action == PURGE:
-            print(f"purged {journal.purge_dead()} dead letter(s) from {args.path}")
-        elif args.dead:
-            _print_dead(journal, args.name)
         else:
-            _print_summary(journal)
-    except JournalError as exc:
-        return _journal_error(prog, str(exc))
+            print(f"purged {journal.purge_dead()} dead letter(s) from {args.path}")
     finally:
         journal.close()
-    return EXIT_OK
 
 
-def _print_summary(journal: Journal) -> None:
-    counts = journal.counts()
-    print(f"journal {journal.path}")
+def _print_summary(view: JournalView) -> None:
+    counts = view.counts()
+    print(f"journal {view.path}")
     for label, state in [("pending", "pending"), ("scheduled", "scheduled"),
                          ("running-at-crash", "running"), ("dead", "dead")]:
         print(f"  {label:<17} {counts[state]}")
 
 
-def _print_dead(journal: Journal, name: Optional[str]) -> None:
-    letters = journal.dead(name)
-    print(f"{len(letters)} dead letter(s) in {journal.path}")
+def _print_dead(view: JournalView, name: Optional[str]) -> None:
+    letters = view.dead(name)
+    print(f"{len(letters)} dead letter(s) in {view.path}")
     for row in letters:
-        failed = "?" if row.failed_at is None else time.strftime(
-            "%Y-%m-%d %H:%M:%S", time.localtime(row.failed_at))
-        print(f"  {row.id}  {row.name}  {row.attempts} attempt(s)  failed {failed}")
-        print(f"    {row.error}")
+        print(f"  {row.id}  {row.name}  {row.attempts} attempt(s)  failed {_when(row.failed_at)}")
+        print(f"    {_single_line(row.error)}")
+        if row.problem is not None:
+            print(f"    (damaged row: {_single_line(row.problem)})")
+
+
+def _when(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "?"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):  # not a time this platform can show
+        return "?"
+
+
+def _single_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def _journal_error(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    # One line, whatever the message holds (SQLite's reports can span many).
+    print(f"{prog}: error: {_single_line(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -141,22 +142,73 @@ def test_an_invalid_file_is_an_error_and_is_left_as_it_was(
     path = tmp_path / "other"
     path.write_bytes(content)
     status, out, err = run(["journal", str(path)], capsys)
-    if content:
-        assert status == EXIT_USAGE and out == ""
-        assert err.count("\n") == 1 and str(path) in err and "not a taskqueue journal" in err
-        assert path.read_bytes() == content
-    else:  # an empty file is an empty journal
-        assert status == EXIT_OK
+    assert status == EXIT_USAGE and out == ""
+    assert err.count("\n") == 1 and str(path) in err and "not a taskqueue journal" in err
+    assert path.read_bytes() == content  # an empty file is not turned into a journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
 
 
-def test_a_journal_in_use_is_an_error(journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_journal_in_use_can_be_looked_at_but_not_changed(
+        journal_file: str, capsys: pytest.CaptureFixture[str]) -> None:
     queue = TaskQueue(journal=journal_file)
     try:
-        status, _, err = run(["journal", journal_file], capsys)
+        looked, out, _ = run(["journal", journal_file], capsys)
+        changed, _, err = run(["journal", journal_file, "purge-dead", "--yes"], capsys)
     finally:
         queue.shutdown()
-    assert status == EXIT_USAGE
+    assert looked == EXIT_OK and "dead" in out
+    assert changed == EXIT_USAGE
     assert err.count("\n") == 1 and "in use" in err and journal_file in err
+    status, out, _ = run(["journal", journal_file], capsys)
+    assert "dead              3" in out  # the refused purge changed nothing
+
+
+def test_looking_changes_not_a_byte_of_the_file(journal_file: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    before = (Path(journal_file).read_bytes(), os.stat(journal_file).st_mtime_ns)
+    assert run(["journal", journal_file], capsys)[0] == EXIT_OK
+    assert run(["journal", journal_file, "--dead"], capsys)[0] == EXIT_OK
+    assert (Path(journal_file).read_bytes(), os.stat(journal_file).st_mtime_ns) == before
+
+
+def test_a_corrupt_journal_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # Given a journal whose b-tree pages are damaged where quick_check looks
+    path = tmp_path / "corrupt.db"
+    journal = Journal(str(path))
+    for index in range(300):
+        journal.record_submit(f"t{index}", "job", '["' + "p" * 200 + '"]', "{}", {})
+    journal.close()
+    data = path.read_bytes()
+    found = None
+    for page in range(1, len(data) // 4096):
+        damaged = bytearray(data)
+        damaged[page * 4096 + 100: page * 4096 + 140] = bytes(range(40))
+        path.write_bytes(bytes(damaged))
+        result = subprocess.run([sys.executable, "-m", "taskqueue", "journal", str(path)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=30)
+        if result.returncode == EXIT_USAGE and "corrupt" in result.stderr:
+            found = result
+            break
+    assert found is not None, "no damage that quick_check reports"
+    # Then the error is one line, without a traceback
+    assert len(found.stderr.strip().splitlines()) == 1, found.stderr
+    assert "Traceback" not in found.stderr and str(path) in found.stderr
+
+
+def test_dead_with_a_failure_time_that_is_not_a_time_lists_without_a_traceback(
+        journal_file: str) -> None:
+    conn = sqlite3.connect(journal_file)
+    conn.execute("UPDATE tasks SET failed_at = 1e20 WHERE id = 't4'")
+    conn.execute("UPDATE tasks SET failed_at = 'yesterday' WHERE id = 't5'")
+    conn.commit()
+    conn.close()
+    result = subprocess.run([sys.executable, "-m", "taskqueue", "journal", journal_file, "--dead"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "3 dead letter(s)" in result.stdout
+    assert result.stdout.count("failed ?") == 2
+    assert result.stdout.count("damaged row") == 2
 
 
 def test_dead_and_an_action_do_not_go_together(journal_file: str,
