@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import concurrent.futures as cf
 import logging
 import math
 import threading
+import weakref
 from typing import Any, Callable, Dict, List
 
 import pytest
@@ -508,3 +510,34 @@ def test_map_over_a_task_function_keeps_its_options(make_queue: Callable[..., Ta
     send = queue.task(name="flaky", retries=1, backoff=Backoff.none())(flaky)
     assert list(queue.map(send, range(20))) == list(range(20))
     assert queue.stats().retried == 20
+
+
+@pytest.mark.parametrize("style", ["submit(fn, x)", "submit(Task(fn, (x,)))", "task_function.submit(x)"])
+def test_a_kept_handle_holds_only_the_outcome_whatever_the_submit_style(
+        make_queue: Callable[..., TaskQueue], style: str) -> None:
+    # README "No leaks": a handle you keep holds only the outcome. A handle
+    # of a Task (the README's main style, through @queue.task) used to keep
+    # the Task, and with it the function's arguments, for as long as it lived.
+    class Payload:
+        pass
+
+    queue = make_queue(workers=1)
+
+    @queue.task
+    def send(payload: Payload) -> str:
+        return "sent"
+
+    submit = {
+        "submit(fn, x)": lambda p: queue.submit(lambda q: "sent", p),
+        "submit(Task(fn, (x,)))": lambda p: queue.submit(Task(lambda q: "sent", (p,))),
+        "task_function.submit(x)": lambda p: send.submit(p),
+    }[style]
+    payload = Payload()
+    ref = weakref.ref(payload)
+    handle = submit(payload)
+    del payload
+    assert handle.result(timeout=WAIT) == "sent"
+    assert queue.join(WAIT)
+    gc.collect()
+    assert ref() is None
+    assert handle.result() == "sent"  # the outcome is still there
