@@ -44,7 +44,8 @@ class Backoff:
 
     Raises:
         TypeError: a parameter is not a number (``jitter``: not a bool).
-        ValueError: a parameter is out of range, NaN or infinite.
+        ValueError: a parameter is out of range, NaN or infinite. A delay
+            longer than ``validate.MAX_SECONDS`` (about 292 years) is clamped to it.
     """
 
     base: float = 0.1
@@ -57,8 +58,7 @@ class Backoff:
     """Whether each delay is drawn uniformly from [0, computed delay]."""
 
     def __post_init__(self) -> None:
-        validate.seconds("base", self.base)
-        validate.seconds("max", self.max)
+        base, max_ = validate.seconds("base", self.base), validate.seconds("max", self.max)
         if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)):
             raise TypeError(f"factor must be a number, got {validate.shown(self.factor)}")
         try:
@@ -72,8 +72,8 @@ class Backoff:
             raise TypeError(f"jitter must be a bool, got {self.jitter!r}")
         # Floats, so that factor ** n overflows at once instead of building
         # an enormous int for a large retry number.
-        for name in ("base", "factor", "max"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        for name, value in (("base", base), ("factor", float(self.factor)), ("max", max_)):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def constant(cls, seconds: float) -> Backoff:

@@ -3,10 +3,13 @@
 Each check raises at the call site with a message that names the parameter
 and the bad value, so that nothing is half-built or half-enqueued.
 
-Durations are bounded by :data:`MAX_SECONDS`, the longest wait the
-platform's locks and conditions accept (``threading.TIMEOUT_MAX``): a
-larger one would be accepted here and then make a timer thread fail with
-``OverflowError`` later, far from the call that gave it.
+Durations are finite numbers of seconds. One longer than :data:`MAX_SECONDS`,
+the longest wait the platform's locks and conditions accept
+(``threading.TIMEOUT_MAX``, about 292 years), is clamped to it where it is
+given: kept as it was, it would make a timer thread fail with
+``OverflowError`` later, far from the call that gave it. A number that is
+not finite as a float (NaN, infinity, an int too large for a float such as
+``10**400``) is refused with a ``ValueError`` naming the parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ __all__ = ["MAX_SECONDS", "integer", "whole_number", "seconds", "optional_second
            "optional_positive_seconds", "shown", "wait_seconds"]
 
 MAX_SECONDS = float(int(threading.TIMEOUT_MAX))
-"""The longest duration any parameter may have (about 292 years on 64-bit Linux)."""
+"""The longest duration kept (about 292 years on 64-bit Linux); longer ones are clamped to it."""
 
 
 def shown(value: Any) -> str:
@@ -66,18 +69,17 @@ def _as_seconds(name: str, value: Any, lowest: str) -> float:
         number = math.inf
     if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number {lowest}, got {shown(value)}")
-    if number > MAX_SECONDS:
-        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (about 292 years), "
-                         f"got {shown(value)}")
-    return number
+    return MAX_SECONDS if number > MAX_SECONDS else number
 
 
 def seconds(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a number of seconds from 0 to :data:`MAX_SECONDS`.
+    """Return ``value`` as a float if it is a finite number of seconds >= 0.
+
+    Above :data:`MAX_SECONDS` it is clamped to :data:`MAX_SECONDS`.
 
     Raises:
         TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is negative, NaN, infinite or above :data:`MAX_SECONDS`.
+        ValueError: ``value`` is negative, NaN, infinite, or an int too large for a float.
     """
     number = _as_seconds(name, value, ">= 0")
     if number < 0:
@@ -95,7 +97,7 @@ def optional_positive_seconds(name: str, value: Any) -> float | None:
 
     Raises:
         TypeError: ``value`` is not a real number or None.
-        ValueError: ``value`` is not > 0, or is NaN, infinite or above :data:`MAX_SECONDS`.
+        ValueError: ``value`` is not > 0, or is NaN, infinite, or an int too large for a float.
     """
     if value is None:
         return None
