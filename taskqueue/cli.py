@@ -196,6 +196,9 @@ def _add_journal(commands: argparse._SubParsersAction) -> None:
                          metavar="ACTION", help=f"{REQUEUE} or {PURGE} (default: a summary)")
     journal.add_argument("--dead", action="store_true",
                          help="list the dead letters with their errors")
+    journal.add_argument("--damaged", action="store_true",
+                         help="list the rows that hold values taskqueue never writes (a file "
+                              "with one is refused as corrupt until they are fixed or deleted)")
     journal.add_argument("--name", default=None, metavar="NAME",
                          help="only the dead letters of this task function (--dead, requeue-dead)")
     journal.add_argument("--yes", action="store_true",
@@ -206,8 +209,11 @@ def _add_journal(commands: argparse._SubParsersAction) -> None:
 
 def _run_journal(args: argparse.Namespace) -> int:
     prog = f"{PROG} journal"
-    if args.action is not None and args.dead:
-        return _journal_error(prog, f"--dead lists dead letters; it does not go with {args.action}")
+    if args.action is not None and (args.dead or args.damaged):
+        return _journal_error(prog, f"--dead and --damaged list rows; they do not go with "
+                                    f"{args.action}")
+    if args.dead and args.damaged:
+        return _journal_error(prog, "give --dead or --damaged, not both")
     if args.name is not None and args.action == PURGE:
         return _journal_error(prog, "--name does not go with purge-dead, which purges them all")
     if args.action is not None and not args.yes and _is_terminal(sys.stdout):
@@ -227,6 +233,8 @@ def _inspect_journal(args: argparse.Namespace) -> None:
     with JournalView(args.path) as view:
         if args.dead:
             _print_dead(view, args.name)
+        elif args.damaged:
+            _print_damaged(view)
         else:
             _print_summary(view)
 
@@ -253,6 +261,17 @@ def _print_summary(view: JournalView) -> None:
     for label, state in [("pending", "pending"), ("scheduled", "scheduled"),
                          ("running-at-crash", "running"), ("dead", "dead")]:
         print(f"  {label:<17} {counts[state]}")
+    damaged = sum(1 for row in view.rows() if row.damage is not None)
+    if damaged:
+        print(f"  {'damaged':<17} {damaged}  (see --damaged; the file is refused until "
+              "they are fixed)")
+
+
+def _print_damaged(view: JournalView) -> None:
+    rows = [row for row in view.rows() if row.damage is not None]
+    print(f"{len(rows)} damaged row(s) in {view.path}")
+    for row in rows:
+        print(f"  {row.id}  {row.name}  {_single_line(row.damage)}")
 
 
 def _print_dead(view: JournalView, name: Optional[str]) -> None:
@@ -261,8 +280,8 @@ def _print_dead(view: JournalView, name: Optional[str]) -> None:
     for row in letters:
         print(f"  {row.id}  {row.name}  {row.attempts} attempt(s)  failed {_when(row.failed_at)}")
         print(f"    {_single_line(row.error)}")
-        if row.problem is not None:
-            print(f"    (damaged row: {_single_line(row.problem)})")
+        if row.damage is not None:
+            print(f"    (damaged row: {_single_line(row.damage)})")
 
 
 def _when(epoch: Optional[float]) -> str:

@@ -40,13 +40,13 @@ import sqlite3
 import threading
 import time
 from time import monotonic
-from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
 
 from . import journalfile
 from .errors import JournalError
-from .journalfile import (APPLICATION_ID, DEAD, DURABILITIES, MIGRATIONS, PENDING, RUNNING,
-                          SCHEDULED, SCHEMA_VERSION, STATES, Migration, Row, check_durability,
-                          decode_row, one_line)
+from .journalfile import (APPLICATION_ID, COLUMNS, DEAD, DURABILITIES, MIGRATIONS, PENDING,
+                          RUNNING, SCHEDULED, SCHEMA_VERSION, STATES, Migration, Row,
+                          check_durability, decode_row, one_line)
 
 __all__ = ["Journal", "Row", "DURABILITIES", "APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS",
            "STATES", "PENDING", "SCHEDULED", "RUNNING", "DEAD", "check_durability"]
@@ -187,6 +187,7 @@ class Journal:
             checker = journalfile.read_only(self.path)
             try:
                 version = journalfile.check_file(self.path, checker, self.schema_version)
+                journalfile.check_rows(self.path, checker)  # before anything is written
             finally:
                 checker.close()
             return self._connect(version)
@@ -362,7 +363,7 @@ class Journal:
         Raises:
             JournalError: the file could not be read.
         """
-        return list(self._rows("SELECT * FROM tasks ORDER BY submitted_at, rowid"))
+        return list(self._rows(f"SELECT {COLUMNS} FROM tasks ORDER BY submitted_at, rowid"))
 
     def _rows(self, sql: str, params: Tuple[Any, ...] = ()) -> Iterator[Row]:
         for values in self._read(sql, params):
@@ -389,7 +390,7 @@ class Journal:
 
     def dead(self, name: Optional[str] = None) -> List[Row]:
         """Return the dead letters, oldest failure first; only ``name``'s if given."""
-        sql = "SELECT * FROM tasks WHERE state = 'dead'"
+        sql = f"SELECT {COLUMNS} FROM tasks WHERE state = 'dead'"
         if name is None:
             return list(self._rows(sql + " ORDER BY failed_at, rowid"))
         return list(self._rows(sql + " AND name = ? ORDER BY failed_at, rowid", (name,)))
@@ -458,6 +459,10 @@ class Journal:
                     log.error("closing journal %s: %s", self.path, exc)
                 self._file_closed = True
             journalfile.release(self._lock_fd)
+
+    def threads(self) -> FrozenSet[threading.Thread]:
+        """The journal's writer thread (for "is this one of ours?")."""
+        return frozenset((self._writer,))
 
     @property
     def closed(self) -> bool:

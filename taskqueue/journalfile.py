@@ -14,9 +14,14 @@ Everything here is about the file, not about writing to it (that is
   is left exactly as it was. A new journal is built in a temporary file
   and linked into place only when complete: a journal path never holds a
   half-made journal, and an empty file is never taken for one.
-- **Rows are checked.** A row whose values have the wrong types (SQLite
-  keeps whatever it was given) comes back with :attr:`Row.problem` saying
-  what is wrong and safe values in its place, never as a crash later.
+- **Rows are checked.** SQLite keeps whatever it is given, so a row can
+  hold values taskqueue never writes (a text where a count belongs, a due
+  time of 1e300): such a row is *damaged* (:attr:`Row.damage`), and the
+  owner refuses a file that holds one, as it refuses a corrupt file. A row
+  that is sound but that this program cannot use (arguments its
+  serializer cannot read) comes back with :attr:`Row.problem`, and the
+  queue makes it a dead letter saying so. Either way: safe values in place
+  of the bad ones, never a crash later.
 
 Every ``sqlite3`` error becomes a :class:`JournalError` naming the file, in
 one line.
@@ -34,15 +39,17 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from .errors import JournalError, JournalLocked
+from .validate import MAX_SECONDS
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS", "DURABILITIES", "STATES",
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS", "COLUMNS", "DURABILITIES", "STATES",
            "PENDING", "SCHEDULED", "RUNNING", "DEAD", "Migration", "Row", "JournalView",
-           "check_durability", "claim", "release", "check_file", "decode_row", "one_line"]
+           "check_durability", "claim", "release", "check_file", "check_rows", "decode_row",
+           "one_line"]
 
 APPLICATION_ID = 0x74517565  # "tQue": marks a SQLite file as a taskqueue journal
 """The ``PRAGMA application_id`` of every journal file."""
@@ -71,6 +78,10 @@ CREATE TABLE tasks (
     failed_at    REAL
 )
 """
+
+COLUMNS = ("id, name, args, kwargs, options, state, attempts, due, submitted_at, error, "
+           "traceback, failed_at")
+"""The columns a :class:`Row` is read from, in its order (a later schema may add more)."""
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -257,6 +268,11 @@ def _link_into_place(temporary: str, path: str) -> None:
 def read_only(path: str) -> sqlite3.Connection:
     """Open ``path`` with a read-only SQLite connection (it can never change the file).
 
+    Without a ``-wal`` file beside it (nobody has it open in WAL mode, and
+    nothing was left uncommitted in a log), the file is opened immutable, so
+    that not even SQLite's side files are created next to it; with one, the
+    log is read too (a running owner's, or a crash's).
+
     Raises:
         JournalError: it is not a SQLite database or cannot be opened.
     """
@@ -273,6 +289,8 @@ def read_only(path: str) -> sqlite3.Connection:
     if header != SQLITE_MAGIC:
         raise JournalError(f"{path} is not a taskqueue journal (not a SQLite database)")
     uri = "file:" + _quote(os.path.abspath(path)) + "?mode=ro"
+    if not os.path.exists(path + "-wal"):
+        uri += "&immutable=1"
     try:
         return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
     except sqlite3.Error as exc:
@@ -339,61 +357,125 @@ class Row(NamedTuple):
     failed_at: Optional[float]
     """For ``dead``: when it failed, in seconds since the epoch."""
     problem: Optional[str] = None
-    """What is wrong with the row, if anything: then the bad values are replaced by
-    empty or None ones, and the queue makes it a dead letter saying so."""
+    """Why its arguments cannot be used, if they cannot (then they are empty):
+    the queue makes it a dead letter saying so."""
+    damage: Optional[str] = None
+    """What it holds that taskqueue never writes, if anything (then safe values
+    stand in): an owner refuses a file with a damaged row."""
 
 
-def decode_row(values: Tuple[Any, ...], loads: Callable[[Any], Any]) -> Row:
-    """Turn the columns of one ``SELECT *`` row into a checked :class:`Row`.
+def decode_row(values: Tuple[Any, ...], loads: Optional[Callable[[Any], Any]]) -> Row:
+    """Turn the :data:`COLUMNS` of one row into a checked :class:`Row`.
 
-    Never raises: a row that cannot be used comes back with :attr:`Row.problem`.
+    Never raises: a damaged row comes back with :attr:`Row.damage`, one
+    whose arguments cannot be decoded with :attr:`Row.problem`. With
+    ``loads`` None the arguments are left undecoded (empty).
     """
-    problems: List[str] = []
+    damage: List[str] = []
     row_id, name, raw_args, raw_kwargs, raw_options, state, attempts, due, submitted_at, \
         error_text, traceback, failed_at = values
     if not isinstance(row_id, str) or not row_id:
-        problems.append(f"its id {row_id!r} is not a text")
+        damage.append(f"its id {row_id!r} is not a text")
         row_id = str(row_id)
     if not isinstance(name, str) or not name:
-        problems.append(f"its task name {name!r} is not a text")
+        damage.append(f"its task name {name!r} is not a text")
         name = str(name)
     if state not in STATES:
-        problems.append(f"its state {state!r} is not one of {', '.join(STATES)}")
+        damage.append(f"its state {state!r} is not one of {', '.join(STATES)}")
         state = PENDING
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-        problems.append(f"its attempts {attempts!r} is not a whole number")
+        damage.append(f"its attempts {attempts!r} is not a whole number")
         attempts = 0
-    due = _checked_time("due time", due, problems, optional=True)
-    submitted_at = _checked_time("submission time", submitted_at, problems, optional=False) or 0.0
-    failed_at = _checked_time("failure time", failed_at, problems, optional=True)
+    due = _checked_time("due time", due, damage, optional=True)
+    submitted_at = _checked_time("submission time", submitted_at, damage, optional=False) or 0.0
+    failed_at = _checked_time("failure time", failed_at, damage, optional=True)
     if error_text is not None and not isinstance(error_text, str):
         error_text = str(error_text)
     if traceback is not None and not isinstance(traceback, str):
         traceback = str(traceback)
+    options = _checked_options(raw_options, damage)
     args: List[Any] = []
     kwargs: Dict[str, Any] = {}
-    options: Dict[str, Any] = {}
+    problem = None
     try:
-        decoded = loads(raw_args), loads(raw_kwargs), json.loads(raw_options)
-        if not isinstance(decoded[0], list) or not isinstance(decoded[1], dict) \
-                or not isinstance(decoded[2], dict):
-            raise TypeError("expected a list of arguments and dicts of keyword "
-                            "arguments and options")
-        args, kwargs, options = decoded
+        if loads is None:
+            raise _NotDecoded
+        decoded = loads(raw_args), loads(raw_kwargs)
+        if not isinstance(decoded[0], list) or not isinstance(decoded[1], dict):
+            raise TypeError("expected a list of arguments and a dict of keyword arguments")
+        args, kwargs = decoded
+    except _NotDecoded:
+        pass
     except Exception as exc:
-        problems.append(f"its arguments cannot be decoded ({type(exc).__name__}: {one_line(exc)})")
+        problem = f"its arguments cannot be decoded ({type(exc).__name__}: {one_line(exc)})"
     return Row(row_id, name, args, kwargs, options, state, attempts, due, submitted_at,
-               error_text, traceback, failed_at, "; ".join(problems) or None)
+               error_text, traceback, failed_at, problem, "; ".join(damage) or None)
 
 
-def _checked_time(what: str, value: Any, problems: List[str], *, optional: bool) -> Optional[float]:
+class _NotDecoded(Exception):
+    """The caller did not ask for the arguments."""
+
+
+# What each option a row may hold must be: taskqueue writes nothing else.
+_OPTION_CHECKS: Dict[str, Callable[[Any], bool]] = {
+    "retries": lambda v: v is None or (type(v) is int and v >= 0),
+    "priority": lambda v: type(v) is int,
+    "time_limit": lambda v: v is None or (type(v) in (int, float) and 0 < v <= MAX_SECONDS),
+    "key": lambda v: v is None or (isinstance(v, str) and bool(v)),
+    "name": lambda v: isinstance(v, str) and bool(v),
+    "backoff": lambda v: v is None or isinstance(v, dict),
+}
+
+
+def _checked_options(raw: Any, damage: List[str]) -> Dict[str, Any]:
+    try:
+        options = json.loads(raw)
+    except Exception as exc:
+        damage.append(f"its options are not JSON ({type(exc).__name__}: {one_line(exc)})")
+        return {}
+    if not isinstance(options, dict):
+        damage.append(f"its options {one_line(repr(options))[:60]} are not a JSON object")
+        return {}
+    for option, value in options.items():
+        check = _OPTION_CHECKS.get(option)
+        if check is None or not check(value):
+            damage.append(f"its option {option}={one_line(repr(value))[:60]} is not one "
+                          "taskqueue writes")
+            return {}
+    return options
+
+
+def _checked_time(what: str, value: Any, damage: List[str], *, optional: bool) -> Optional[float]:
     if value is None and optional:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) \
             and math.isfinite(value) and 0 <= value <= _LATEST_TIME:
         return float(value)
-    problems.append(f"its {what} {value!r} is not a time")
+    damage.append(f"its {what} {value!r} is not a time")
     return None
+
+
+def check_rows(path: str, conn: sqlite3.Connection) -> None:
+    """Refuse a file with a damaged row (see :attr:`Row.damage`), naming it.
+
+    Raises:
+        JournalError: a row holds what taskqueue never writes (one line,
+            naming the file and the first such row), or the rows cannot be read.
+    """
+    damaged: List[Row] = []
+    try:
+        for values in conn.execute(f"SELECT {COLUMNS} FROM tasks"):
+            row = decode_row(values, None)  # the arguments are the serializer's business
+            if row.damage is not None:
+                damaged.append(row)
+    except sqlite3.Error as exc:
+        raise error(path, "cannot be read", exc) from None
+    if damaged:
+        first = damaged[0]
+        raise JournalError(f"{path} is corrupt: {len(damaged)} task row(s) hold values "
+                           f"taskqueue never writes; the first, {first.id}: {first.damage}. "
+                           f"'python -m taskqueue journal {path} --damaged' lists them")
+
 
 
 # -- reading while the owner runs ----------------------------------------------------------
@@ -437,7 +519,8 @@ class JournalView:
         Raises:
             JournalError: the file cannot be read.
         """
-        sql = "SELECT * FROM tasks" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
+        sql = f"SELECT {COLUMNS} FROM tasks" + (f" WHERE {where}" if where else "") \
+            + f" ORDER BY {order}"
         for values in self._fetch(sql, params):
             yield decode_row(values, self._loads)
 

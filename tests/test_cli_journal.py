@@ -287,3 +287,18 @@ def test_the_demo_on_a_journal_in_use_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert status == EXIT_USAGE
     assert err.count("\n") == 1 and "in use" in err
+
+
+def test_damaged_lists_the_rows_that_make_a_file_corrupt(journal_file: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    conn = sqlite3.connect(journal_file)
+    conn.execute("UPDATE tasks SET attempts = 'abc' WHERE id = 't0'")
+    conn.commit()
+    conn.close()
+    status, out, err = run(["journal", journal_file], capsys)
+    assert status == EXIT_OK and "damaged           1" in out
+    status, out, err = run(["journal", journal_file, "--damaged"], capsys)
+    assert status == EXIT_OK, err
+    assert "1 damaged row(s)" in out and "t0" in out and "attempts" in out
+    status, _, err = run(["journal", journal_file, "purge-dead", "--yes"], capsys)
+    assert status == EXIT_USAGE and err.count("\n") == 1 and "corrupt" in err
