@@ -3,7 +3,8 @@
 :class:`Task` is a frozen description of work; :class:`TaskHandle` is the
 ``concurrent.futures.Future`` a caller gets back; :class:`TaskState` names
 the states a handle moves through. This module holds data and state
-transitions only: who moves a handle, and when, is the pool's business.
+transitions only: who moves a handle, and when, is the business of the
+task's broker and of :mod:`taskqueue.settle`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from concurrent.futures._base import (
 )
 from dataclasses import FrozenInstanceError
 from time import monotonic
-from typing import Any, Callable, Dict, Generator, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple, Type
 
 from .retry import Backoff, RetryPolicy, check_retry_on
 from .validate import (integer, optional_positive_seconds, optional_seconds, wait_seconds,
                        whole_number)
+
+if TYPE_CHECKING:
+    from .message import Message
 
 __all__ = ["Task", "TaskState", "TaskHandle", "callable_name"]
 
@@ -235,6 +239,12 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     :attr:`name`), where that task is (:attr:`state`) and how many attempts
     have started (:attr:`attempts`).
 
+    A handle holds no work: the function, arguments and options are in the
+    task's :class:`~taskqueue.message.Message`, which its broker owns. The
+    handle is resolved from outcomes (started, back to waiting, succeeded,
+    failed, cancelled), wherever the attempt ran. Once it has ended it holds
+    only the outcome.
+
     Unlike a stock Future, a handle guards its state with one plain lock and
     builds a ``threading.Condition`` only when somebody waits on it before it
     is done: most handles are never waited on while pending, and the
@@ -242,56 +252,54 @@ class TaskHandle(Future):  # type: ignore[type-arg]
 
     Handles are made by :meth:`TaskQueue.submit`; only the queue moves them
     between states. Every method is safe to call from any thread.
+
+    Args:
+        name: the task's name.
+        canceller: ``canceller(handle) -> bool``, what :meth:`cancel` asks
+            while the task waits: the queue's, which withdraws the task from
+            its broker. None for a handle no queue follows.
+        message: the message it follows while that waits in this process.
+
+    For code written against the 0.1 signature, a bare handle can still be
+    made as ``TaskHandle(fn, args, kwargs, name, policy, on_cancel)``:
+    ``fn``, ``args``, ``kwargs`` and ``policy`` are ignored (a handle holds
+    no work), and ``on_cancel(handle)`` is told once it is cancelled.
     """
 
     # Slots, every one set in __init__ in one order: attribute access then
     # never depends on the order in which code paths happen to add instance
     # attributes. (With a __dict__ and class-level defaults, the first
     # handles made in a process fixed the shared key order, and handles that
-    # added keys in another order -- a Task's options, a benchmark's own
-    # pool -- fell back to slower, larger dicts: a third of the throughput.)
-    __slots__ = ("_lock", "_state", "_seq", "_fn", "_args", "_kwargs", "_name", "_policy",
-                 "_on_cancel", "_result", "_exception", "_cond", "_waiter_list", "_callbacks",
-                 "_scheduled", "_attempts", "_enqueued_at", "_submitted_at", "_task",
-                 "_priority", "_time_limit", "_key", "_acked", "_rerun_here", "_id", "_resumed")
+    # added keys in another order fell back to slower, larger dicts.)
+    __slots__ = ("_lock", "_state", "_seq", "_id", "_name", "_attempts", "_scheduled",
+                 "_result", "_exception", "_cond", "_waiter_list", "_callbacks",
+                 "_message", "_canceller")
 
     # Future.__init__ is deliberately not called: it builds the Condition and
     # two lists that this class creates only on demand.
     def __init__(  # pylint: disable=super-init-not-called
         self,
-        fn: Callable[..., Any],
-        args: Tuple[Any, ...],
-        kwargs: Optional[Dict[str, Any]],
-        name: str,
-        policy: RetryPolicy,
-        on_cancel: Callable[[TaskHandle], None],
+        name: Any,
+        canceller: Any = None,
+        *legacy: Any,
+        message: Optional[Message] = None,
     ) -> None:
+        if legacy:  # TaskHandle(fn, args, kwargs, name, policy, on_cancel): see the docstring
+            name, canceller = legacy[1], _notifying_canceller(legacy[3])
         self._lock = threading.Lock()
         self._state = PENDING
         self._seq = _next_seq()
-        self._fn: Optional[Callable[..., Any]] = fn
-        self._args = args
-        self._kwargs = kwargs
-        self._name = name
-        self._policy = policy
-        self._on_cancel = on_cancel
+        self._id: Optional[str] = None  # a durable broker's id, if it gave one
+        self._name: str = name
+        self._attempts = 0
+        self._scheduled = False
         self._result: Any = None
         self._exception: Optional[BaseException] = None
         self._cond: Optional[threading.Condition] = None  # built when first waited on
         self._waiter_list: Optional[List[Any]] = None  # cf.wait's waiters, when any
         self._callbacks: Optional[List[Callable[[Future], object]]] = None  # type: ignore[type-arg]
-        self._scheduled = False
-        self._attempts = 0
-        self._enqueued_at = 0.0
-        self._submitted_at = 0.0
-        self._task: Optional[Task] = None  # the Task submitted, if one was
-        self._priority: Any = 0
-        self._time_limit: Optional[float] = None
-        self._key: Optional[str] = None
-        self._acked = False  # whether its end is counted on the queue (or owed by its worker)
-        self._rerun_here = False  # a retry due now, left to the worker that ran the attempt
-        self._id: Optional[str] = None  # a journaled task's id, kept across restarts
-        self._resumed = False  # a journaled task read back after a restart
+        self._message = message
+        self._canceller: Optional[Callable[[TaskHandle], bool]] = canceller
 
     # -- what a caller reads ------------------------------------------------
 
@@ -299,7 +307,8 @@ class TaskHandle(Future):  # type: ignore[type-arg]
     def id(self) -> str:
         """A unique id for this submission (unique within a process and run).
 
-        A journaled task keeps its journal id across restarts.
+        A task on a durable broker keeps the broker's id, across restarts
+        and processes.
         """
         if self._id is not None:
             return self._id
@@ -366,35 +375,10 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             True if the task is now cancelled (or already was), False if it
             is running or has finished.
         """
-        callbacks = self._mark_cancelled()
-        if callbacks is None:
-            return self.cancelled()
-        try:
-            self._on_cancel(self)
-        finally:
-            self._run_callbacks(callbacks)
-        return True
-
-    def _mark_cancelled(self) -> Optional[List[Callable[[Future], object]]]:  # type: ignore[type-arg]
-        """PENDING -> cancelled, running no user code.
-
-        Returns:
-            The done callbacks still to run, if this call cancelled the task;
-            None if it was not pending.
-        """
-        with self._lock:
-            if self._state != PENDING:
-                return None
-            # Straight to CANCELLED_AND_NOTIFIED: no executor will pass by to
-            # notify cf.wait() waiters later, so do it now.
-            self._state = CANCELLED_AND_NOTIFIED
-            self._drop_work()
-            if self._waiter_list:
-                for waiter in self._waiter_list:
-                    waiter.add_cancelled(self)
-            if self._cond is not None:
-                self._cond.notify_all()
-            return self._callbacks or []
+        canceller = self._canceller
+        if self._state == PENDING and canceller is not None:
+            return canceller(self)
+        return self.cancelled()
 
     def cancelled(self) -> bool:
         """Return whether the task was cancelled."""
@@ -479,60 +463,6 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         """Refused: a handle is settled only by its queue, which counts it."""
         raise RuntimeError("a TaskHandle is settled by its TaskQueue, not by set_exception()")
 
-    # -- transitions, made by the queue --------------------------------------
-
-    def _begin(self) -> bool:
-        """PENDING -> RUNNING for a new attempt; False if it was cancelled."""
-        with self._lock:
-            if self._state != PENDING:
-                return False
-            self._state = RUNNING
-            self._attempts += 1
-            return True
-
-    def _back_to_pending(self, scheduled: bool) -> bool:
-        """RUNNING -> PENDING, to wait for another attempt; False if it was not running."""
-        with self._lock:
-            if self._state != RUNNING:
-                return False
-            self._state = PENDING
-            self._scheduled = scheduled
-            return True
-
-    def _succeed(self, result: Any) -> None:
-        """RUNNING -> FINISHED with ``result``."""
-        with self._lock:
-            self._result = result
-            self._state = FINISHED
-            # As _drop_work(), inlined: this runs once per task.
-            self._fn = None
-            self._args = ()
-            self._kwargs = None
-            self._task = None
-            if self._waiter_list:
-                for waiter in self._waiter_list:
-                    waiter.add_result(self)
-            if self._cond is not None:
-                self._cond.notify_all()
-            callbacks = self._callbacks
-        if callbacks:
-            self._run_callbacks(callbacks)
-
-    def _fail(self, exc: BaseException) -> None:
-        """RUNNING -> FINISHED with ``exc`` as the final exception."""
-        with self._lock:
-            self._exception = exc
-            self._state = FINISHED
-            self._drop_work()
-            if self._waiter_list:
-                for waiter in self._waiter_list:
-                    waiter.add_exception(self)
-            if self._cond is not None:
-                self._cond.notify_all()
-            callbacks = self._callbacks
-        if callbacks:
-            self._run_callbacks(callbacks)
-
     def __await__(self) -> Generator[Any, None, Any]:
         """Wait for the task from a coroutine: ``await handle`` gives its result.
 
@@ -544,13 +474,80 @@ class TaskHandle(Future):  # type: ignore[type-arg]
         yield from done_waiter(self).__await__()
         return self.result()
 
-    def _drop_work(self) -> None:
-        # A terminal task will not run again: let go of the function and its
-        # arguments now, even if the caller keeps the handle for a long time.
-        self._fn = None
-        self._args = ()
-        self._kwargs = None
-        self._task = None
+    # -- transitions, made by the queue's broker and settle step ----------------
+
+    def _begin(self, attempt: int) -> bool:
+        """PENDING -> RUNNING for attempt number ``attempt``; False if it was cancelled."""
+        with self._lock:
+            if self._state != PENDING:
+                return False
+            self._state = RUNNING
+            self._attempts = attempt
+            return True
+
+    def _back_to_pending(self, scheduled: bool) -> bool:
+        """RUNNING -> PENDING, to wait for another attempt; False if it was not running."""
+        with self._lock:
+            if self._state != RUNNING:
+                return False
+            self._state = PENDING
+            self._scheduled = scheduled
+            return True
+
+    def _set_scheduled(self, scheduled: bool) -> None:
+        """While pending: whether it waits for a due time (SCHEDULED) or for a worker."""
+        self._scheduled = scheduled
+
+    def _succeed(self, result: Any) -> None:
+        """-> FINISHED with ``result``."""
+        with self._lock:
+            self._result = result
+            self._state = FINISHED
+            self._message = None  # a terminal handle holds only its outcome
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_result(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        if callbacks:
+            self._run_callbacks(callbacks)
+
+    def _fail(self, exc: BaseException) -> None:
+        """-> FINISHED with ``exc`` as the final exception."""
+        with self._lock:
+            self._exception = exc
+            self._state = FINISHED
+            self._message = None
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_exception(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            callbacks = self._callbacks
+        if callbacks:
+            self._run_callbacks(callbacks)
+
+    def _mark_cancelled(self) -> Optional[List[Callable[[Future], object]]]:  # type: ignore[type-arg]
+        """PENDING -> cancelled, running no user code.
+
+        Returns:
+            The done callbacks still to run, if this call cancelled the task;
+            None if it was not pending.
+        """
+        with self._lock:
+            if self._state != PENDING:
+                return None
+            # Straight to CANCELLED_AND_NOTIFIED: no executor will pass by to
+            # notify cf.wait() waiters later, so do it now.
+            self._state = CANCELLED_AND_NOTIFIED
+            self._message = None
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_cancelled(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+            return self._callbacks or []
 
     def _wait(self, timeout: Optional[float]) -> None:
         # A finished handle never changes again, and its outcome is written
@@ -580,3 +577,16 @@ class TaskHandle(Future):  # type: ignore[type-arg]
             except BaseException:  # even SystemExit: a caller's callback must not break the worker
                 log.exception("done callback %r of %r raised", callback, self)
 
+
+def _notifying_canceller(on_cancel: Callable[[TaskHandle], object]) -> Callable[[TaskHandle], bool]:
+    # A bare handle's cancel(): mark it, tell on_cancel, run its callbacks.
+    def cancel(handle: TaskHandle) -> bool:
+        callbacks = handle._mark_cancelled()
+        if callbacks is None:
+            return handle.cancelled()
+        try:
+            on_cancel(handle)
+        finally:
+            handle._run_callbacks(callbacks)
+        return True
+    return cancel

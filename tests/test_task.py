@@ -25,6 +25,7 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
+from taskqueue.message import Message
 from taskqueue.retry import Backoff, RetryPolicy
 from taskqueue.task import Task, TaskHandle, TaskState, callable_name
 
@@ -56,16 +57,34 @@ class CancelRecorder:
 def make_handle(on_cancel: Optional[Callable[[TaskHandle], None]] = None,
                 name: str = "job", fn: Callable[..., Any] = work,
                 args: tuple = ()) -> TaskHandle:
-    return TaskHandle(fn, args, None, name, POLICY, on_cancel or CancelRecorder())
+    """A handle and its message, as a queue makes them, with a canceller that only marks it."""
+    recorder = on_cancel or CancelRecorder()
+
+    def canceller(handle: TaskHandle) -> bool:
+        callbacks = handle._mark_cancelled()
+        if callbacks is None:
+            return handle.cancelled()
+        recorder(handle)
+        handle._run_callbacks(callbacks)
+        return True
+
+    handle = TaskHandle(name, canceller)
+    handle._message = Message(fn, args, None, name, POLICY, handle)
+    return handle
+
+
+def begin(handle: TaskHandle) -> bool:
+    """Start the next attempt, as a broker's consumer does."""
+    return handle._begin(handle.attempts + 1)
 
 
 def succeed(handle: TaskHandle, value: Any) -> None:
-    assert handle._begin()
+    assert begin(handle)
     handle._succeed(value)
 
 
 def fail(handle: TaskHandle, exc: BaseException) -> None:
-    assert handle._begin()
+    assert begin(handle)
     handle._fail(exc)
 
 
@@ -310,21 +329,21 @@ def test_handle_is_a_future_and_starts_pending():
 
 def test_handle_moves_through_running_scheduled_and_pending():
     handle = make_handle()
-    assert handle._begin()
+    assert begin(handle)
     assert handle.state is TaskState.RUNNING and handle.running()
     assert handle.attempts == 1
-    assert not handle._begin()  # already running: no second attempt starts
+    assert not begin(handle)  # already running: no second attempt starts
     assert handle.attempts == 1
 
     handle._back_to_pending(scheduled=True)
     assert handle.state is TaskState.SCHEDULED
     assert not handle.running() and not handle.done()
-    assert handle._begin()
+    assert begin(handle)
     assert handle.attempts == 2
 
     handle._back_to_pending(scheduled=False)
     assert handle.state is TaskState.PENDING
-    assert handle._begin()
+    assert begin(handle)
     assert handle.attempts == 3
 
 
@@ -369,7 +388,7 @@ def test_result_and_exception_time_out_on_a_pending_handle():
         handle.exception(timeout=0.01)
     with pytest.raises(cf.TimeoutError):
         handle.result(timeout=-1)
-    handle._begin()
+    begin(handle)
     with pytest.raises(cf.TimeoutError):
         handle.result(timeout=0.01)  # running is not done either
 
@@ -450,19 +469,19 @@ def test_cancel_pending_cancels_and_calls_on_cancel_once():
         handle.result()
     with pytest.raises(cf.CancelledError):
         handle.exception(timeout=0)
-    assert not handle._begin()  # a cancelled task never starts
+    assert not begin(handle)  # a cancelled task never starts
     assert handle.attempts == 0
 
 
 def test_cancel_scheduled_cancels_and_calls_on_cancel_once():
     recorder = CancelRecorder()
     handle = make_handle(recorder)
-    handle._begin()
+    begin(handle)
     handle._back_to_pending(scheduled=True)
     assert handle.cancel() is True
     assert recorder.calls == [handle]
     assert handle.state is TaskState.CANCELLED
-    assert not handle._begin()
+    assert not begin(handle)
 
 
 def test_cancel_twice_is_true_but_on_cancel_runs_once():
@@ -476,7 +495,7 @@ def test_cancel_twice_is_true_but_on_cancel_runs_once():
 def test_cancel_refused_while_running():
     recorder = CancelRecorder()
     handle = make_handle(recorder)
-    handle._begin()
+    begin(handle)
     assert handle.cancel() is False
     assert handle.state is TaskState.RUNNING
     assert recorder.calls == []
@@ -918,7 +937,7 @@ def test_race_cancel_against_begin_exactly_one_wins():
         cancel_won[i] = handles[i].cancel()
 
     def worker(i):
-        begin_won[i] = handles[i]._begin()
+        begin_won[i] = begin(handles[i])
         if begin_won[i]:
             handles[i]._succeed(i)
 
@@ -1019,3 +1038,14 @@ def test_a_timeout_longer_than_a_lock_accepts_still_waits_for_the_result() -> No
         assert handle.result(timeout=1e12) == "late"
     finally:
         finisher.join(WAIT)
+
+
+def test_a_bare_handle_made_with_the_old_signature_still_works() -> None:
+    # TaskHandle(fn, args, kwargs, name, policy, on_cancel), as code written
+    # for 0.1 (and CPython's Future tests, through their adapter) make one.
+    told: List[TaskHandle] = []
+    handle = TaskHandle(work, (1, 2), None, "legacy", POLICY, told.append)
+    assert handle.name == "legacy" and handle.state is TaskState.PENDING
+    assert handle.cancel() is True and handle.cancelled()
+    assert told == [handle]
+    assert handle.cancel() is True and told == [handle]  # told once

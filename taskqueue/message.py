@@ -1,0 +1,97 @@
+"""Message: one task's work and options, as it waits in a broker.
+
+A :class:`Message` is what a broker holds between ``submit`` and the task's
+terminal state: the task's name (and, in this process, its callable), its
+arguments, the options that steer it (priority, unique key, time limit,
+retry policy), how many attempts it has had, and when it is due. It is apart
+from the :class:`~taskqueue.task.TaskHandle` the caller holds: a handle is
+resolved from outcomes, a message is what a worker receives and runs.
+
+For a broker in this process, ``message.handle`` is the caller's handle
+itself; for one whose workers live elsewhere, the consuming process gives
+each message it receives a handle of its own (so that its listeners see the
+task), and the caller's handle is resolved from the outcome the broker
+carries back. Durable brokers serialise a message by name, arguments and
+options, never its callable.
+
+A message is data with no behaviour: brokers, the worker and the settle
+step change its ``attempts`` and ``due``; nothing else changes it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .task import Task, TaskHandle
+
+__all__ = ["Message"]
+
+
+class Message:
+    """One task as it waits in a broker.
+
+    Args:
+        fn: the callable to run, or None where it is found by ``name`` when
+            received (a message read back from a journal or from Redis).
+        args: positional arguments.
+        kwargs: keyword arguments, or None for none.
+        name: the task's name (the registered name of a task function).
+        policy: its retry policy (retries, backoff, which errors retry).
+        handle: the handle that follows it in this process.
+
+    Every other field starts empty and is set by whoever builds the message
+    (the queue, on submit) before it is given to a broker.
+    """
+
+    __slots__ = ("_id", "name", "fn", "args", "kwargs", "policy", "handle", "priority", "key",
+                 "time_limit", "task", "attempts", "due", "submitted_at", "enqueued_at")
+
+    def __init__(self, fn: Optional[Callable[..., Any]], args: Tuple[Any, ...],
+                 kwargs: Optional[Dict[str, Any]], name: str, policy: RetryPolicy,
+                 handle: TaskHandle) -> None:
+        self._id: Optional[str] = None
+        self.name = name
+        """The task's name."""
+        self.fn = fn
+        """The callable, where this process has it."""
+        self.args = args
+        """Positional arguments."""
+        self.kwargs = kwargs
+        """Keyword arguments, or None."""
+        self.policy = policy
+        """The retry policy: how many retries, how long between, for which errors."""
+        self.handle = handle
+        """The handle that follows this task in this process."""
+        self.priority = 0
+        """A higher number runs first."""
+        self.key: Optional[str] = None
+        """A unique key: at most one live task holds it."""
+        self.time_limit: Optional[float] = None
+        """Seconds an attempt may run (None: the queue's default)."""
+        self.task: Optional[Task] = None
+        """The Task it was submitted as, if any: its options, for durable brokers and dead letters."""
+        self.attempts = 0
+        """Attempts started so far."""
+        self.due: Optional[float] = None
+        """When it may start, on the queue's clock (a delay, a backoff); None: now."""
+        self.submitted_at = 0.0
+        """When it was submitted, on the queue's clock."""
+        self.enqueued_at = 0.0
+        """When it last entered the ready queue (0.0: when it was submitted)."""
+
+    @property
+    def id(self) -> str:
+        """The task's id: a durable broker's own, or its handle's."""
+        if self._id is not None:
+            return self._id
+        return self.handle.id
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id} {self.name!r} attempts={self.attempts}>"
