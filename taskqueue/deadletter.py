@@ -130,6 +130,13 @@ class DeadLetterStore:
                     return True
             return False
 
+    def clear(self) -> int:
+        """Forget every letter held; return how many there were."""
+        with self._lock:
+            count = len(self._letters)
+            self._letters.clear()
+            return count
+
     def letters(self) -> List[DeadLetter]:
         """Return the letters held, oldest first (a copy)."""
         with self._lock:

@@ -3,8 +3,9 @@
 Retries that wait out a backoff and delayed tasks wait here, not in a
 sleeping worker. The scheduler knows nothing about tasks: it holds items
 with due times and calls ``on_due(item)`` from its own thread when each
-falls due. Time is a parameter (``clock``), as in ``sched.scheduler``, so
-tests can drive it with a fake clock through :meth:`Scheduler.run_due`.
+falls due. Time is a parameter, as in ``sched.scheduler(timefunc,
+delayfunc)``: ``clock`` reads it and ``wait`` waits on it, so tests drive
+the timer thread with a fake clock (or call :meth:`Scheduler.run_due`).
 
 :meth:`Scheduler.schedule` returns the entry it made, which
 :meth:`Scheduler.cancel` turns into a tombstone at once (dropping the
@@ -19,7 +20,7 @@ import itertools
 import logging
 import threading
 from time import monotonic
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
 from .validate import wait_seconds
 
@@ -44,6 +45,10 @@ class Scheduler:
         on_due: called with each item once it is due, from the timer thread
             (or from the caller of :meth:`run_due`); it must not block long.
         clock: returns the current time in seconds; ``time.monotonic``.
+        wait: ``wait(condition, timeout)``, called with ``condition`` held:
+            returns once notified or once ``timeout`` seconds have passed on
+            ``clock`` (``None``: only when notified). ``Condition.wait`` by
+            default; a fake clock's ``wait`` in tests.
         name: the timer thread's name.
 
     Items due at the same time come out in the order they were scheduled.
@@ -54,10 +59,12 @@ class Scheduler:
         on_due: Callable[[Any], None],
         *,
         clock: Callable[[], float] = monotonic,
+        wait: Optional[Callable[[threading.Condition, Optional[float]], object]] = None,
         name: str = "taskqueue-scheduler",
     ) -> None:
         self._on_due = on_due
         self._clock = clock
+        self._wait = wait or _condition_wait
         self._name = name
         self._cond = threading.Condition(threading.Lock())
         self._heap: List[Entry] = []
@@ -108,6 +115,16 @@ class Scheduler:
     def __len__(self) -> int:
         with self._cond:
             return len(self._heap) - self._tombstones
+
+    def threads(self) -> FrozenSet[threading.Thread]:
+        """The timer thread, once started (for "is this one of ours?")."""
+        thread = self._thread
+        return frozenset() if thread is None else frozenset((thread,))
+
+    @property
+    def on_timer_thread(self) -> bool:
+        """Whether the caller is this scheduler's timer thread."""
+        return self._thread is threading.current_thread()
 
     def seal(self, which: Callable[[Any], bool] = lambda item: True) -> List[Any]:
         """Take out the held items for which ``which(item)`` is true, and refuse such items from now on.
@@ -192,7 +209,11 @@ class Scheduler:
                     timeout = None if next_due is None else max(0.0, next_due - self._clock())
                     # Cut to what Condition.wait accepts: a due time centuries
                     # away is waited for in steps, never by a dying thread.
-                    self._cond.wait(None if timeout is None else wait_seconds(timeout))
+                    self._wait(self._cond, None if timeout is None else wait_seconds(timeout))
             # on_due runs outside the lock so that it may schedule again.
             self._hand_over(due_items)
             due_items = []  # drop references to handed-over items
+
+
+def _condition_wait(cond: threading.Condition, timeout: Optional[float]) -> object:
+    return cond.wait(timeout)

@@ -3,7 +3,9 @@
 A key is claimed before its task is accepted by the queue, and the claim is
 published only once the task is accepted: a second submitter of the same
 key meanwhile waits for the outcome, so it is only ever handed a task that
-the queue really accepted (never one whose admission then failed).
+the queue really accepted (never one whose admission then failed). A key
+is released only after its holder's handle is done, so that nobody can get
+a new handle for the key while the old one still reads as running.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from time import monotonic
 from typing import Dict, Optional, Set, Union
 
 from .task import TaskHandle
+from .validate import wait_seconds
 
 __all__ = ["UniqueKeys", "BUSY"]
 
@@ -28,8 +31,9 @@ class UniqueKeys:
         self._by_key: Dict[str, TaskHandle] = {}
         self._admitting: Set[TaskHandle] = set()
 
-    def claim(self, handle: TaskHandle, timeout: Optional[float] = None) -> Union[TaskHandle, str, None]:
-        """Make ``handle`` the holder of its key, unless a live task holds it.
+    def claim(self, key: str, handle: TaskHandle,
+              timeout: Optional[float] = None) -> Union[TaskHandle, str, None]:
+        """Make ``handle`` the holder of ``key``, unless a live task holds it.
 
         While another submission of the same key is being admitted, wait
         (at most ``timeout`` seconds) to learn whether it was.
@@ -39,13 +43,12 @@ class UniqueKeys:
             :meth:`release` next); the live handle that holds it already; or
             :data:`BUSY` if the other admission did not end within ``timeout``.
         """
-        key = handle._key
         deadline = None if timeout is None else monotonic() + timeout
         with self._cond:
             while True:
-                holder = self._by_key.get(key)  # type: ignore[arg-type]
+                holder = self._by_key.get(key)
                 if holder is None or (holder.done() and holder not in self._admitting):
-                    self._by_key[key] = handle  # type: ignore[index]
+                    self._by_key[key] = handle
                     self._admitting.add(handle)
                     return None
                 if holder not in self._admitting:
@@ -53,7 +56,7 @@ class UniqueKeys:
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0:
                     return BUSY
-                self._cond.wait(remaining)
+                self._cond.wait(None if remaining is None else wait_seconds(remaining))
 
     def admitted(self, handle: TaskHandle) -> None:
         """The queue accepted ``handle``: other submitters of its key get it from now on."""
@@ -61,12 +64,12 @@ class UniqueKeys:
             self._admitting.discard(handle)
             self._cond.notify_all()
 
-    def release(self, handle: TaskHandle) -> None:
-        """Free ``handle``'s key, if ``handle`` holds it (it ended, or was not accepted)."""
+    def release(self, key: str, handle: TaskHandle) -> None:
+        """Free ``key``, if ``handle`` holds it (it ended, or was not accepted)."""
         with self._cond:
             self._admitting.discard(handle)
-            if self._by_key.get(handle._key) is handle:  # type: ignore[arg-type]
-                del self._by_key[handle._key]  # type: ignore[arg-type]
+            if self._by_key.get(key) is handle:
+                del self._by_key[key]
             self._cond.notify_all()
 
     def __len__(self) -> int:

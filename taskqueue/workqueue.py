@@ -8,10 +8,12 @@ requeue after a worker died) re-enters past the bound, so that a full queue
 can never deadlock the pool against itself; and ``wait_all_done`` is
 ``join()`` with a timeout. ``unfinished_tasks`` counts accepted tasks that
 are not yet terminal: a task is put once and marked done once, however many
-attempts it takes.
+attempts it takes. :meth:`WorkQueue.stop` makes a ``get`` that finds the
+queue empty return None instead of waiting (how workers are told to stop:
+no sentinel item shares the queue with the tasks).
 
 Ordering lives in ``_init/_qsize/_put/_get``, as in CPython's
-``PriorityQueue``: items may carry a ``_priority`` (0 if not); a higher one comes out first,
+``PriorityQueue``: items may carry a ``priority`` (0 if not); a higher one comes out first,
 and equal ones in the order they went in. The items wait in one FIFO deque
 per priority level rather than in a heap of items, so that the common case,
 where every task has the same priority, costs a deque append and popleft,
@@ -24,12 +26,14 @@ has a priority of its own (a deadline, say) stays cheap too.
 from __future__ import annotations
 
 import queue
+from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from heapq import heappop, heappush
 from time import monotonic
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .errors import QueueClosed, QueueFull
+from .validate import wait_seconds
 
 __all__ = ["WorkQueue"]
 
@@ -60,10 +64,15 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         """True once sealed: even accepted work may no longer re-enter."""
         self.admitted = 0
         """How many items producers have put (under the mutex)."""
+        self.stopping = False
+        """True once stopped: a get that finds the queue empty returns None."""
         self._room_waiters: List[Callable[[], object]] = []
-        # How many threads wait in get() for an item, and in admit() for
-        # room (under the mutex): a notify with nobody waiting is skipped.
-        self._waiting_for_item = 0
+        # Threads waiting in get() for an item, each on a lock of its own,
+        # oldest first (under the mutex): a put releases one directly.
+        # Condition.notify would do the same in Python code, once per task.
+        self._item_waiters: Deque[Any] = deque()
+        # How many threads wait in admit() for room: a notify with nobody
+        # waiting is skipped.
         self._waiting_for_room = 0
 
     # -- ordering (override these to change it) ------------------------------
@@ -83,7 +92,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         return self._size
 
     def _put(self, item: Any) -> None:
-        priority = getattr(item, "_priority", 0)
+        priority = getattr(item, "priority", 0)
         bucket = self._buckets.get(priority)
         if bucket is None:
             bucket = self._new_level(priority)
@@ -128,33 +137,56 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Remove and return the next item, as ``queue.Queue.get`` does.
 
+        Returns:
+            The item; None if the queue is empty and stopped (see :meth:`stop`).
+
         Raises:
             queue.Empty: none came (at once without ``block``, or within ``timeout``).
             ValueError: ``timeout`` is negative.
         """
         with self.mutex:
-            if not self._qsize():
-                self._wait_for_item(block, timeout)
+            if not self._qsize() and not self._wait_for_item(block, timeout):
+                return None
             item = self._get()
             self._made_room()
             return item
 
-    def _wait_for_item(self, block: bool, timeout: Optional[float]) -> None:
-        # Called with the mutex held.
+    def _wait_for_item(self, block: bool, timeout: Optional[float]) -> bool:
+        # Called with the mutex held. False: stopped with nothing queued.
+        if self.stopping:
+            return False
         if not block:
             raise queue.Empty
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         deadline = None if timeout is None else monotonic() + timeout
-        self._waiting_for_item += 1
+        while not self._qsize():
+            if self.stopping:
+                return False
+            remaining = None if deadline is None else deadline - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise queue.Empty
+            self._wait_for_a_put(remaining)
+        return True
+
+    def _wait_for_a_put(self, remaining: Optional[float]) -> None:
+        # Condition.wait's own steps, on our waiter list. Called with the
+        # mutex held; returns with it held. A waiter woken just as it timed
+        # out still finds the item: the caller looks at the queue again.
+        waiter = _allocate_lock()
+        waiter.acquire()
+        self._item_waiters.append(waiter)
+        self.mutex.release()
+        woken = False
         try:
-            while not self._qsize():
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise queue.Empty
-                self.not_empty.wait(remaining)
+            woken = waiter.acquire(True, -1 if remaining is None else wait_seconds(remaining))
         finally:
-            self._waiting_for_item -= 1
+            self.mutex.acquire()
+            if not woken:
+                try:
+                    self._item_waiters.remove(waiter)
+                except ValueError:
+                    pass  # released meanwhile by a put
 
     def finish_and_get(self, finished: int) -> Any:
         """Mark ``finished`` items done, then take the next item, waiting for one.
@@ -162,18 +194,29 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         A worker's ``task_done`` for the task it finished and ``get`` for its
         next one, in a single trip through the mutex instead of two.
 
+        Returns:
+            The item; None once the queue is empty and stopped.
+
         Raises:
             ValueError: ``finished`` is more than the items not yet done.
         """
+        # _mark_done's and get()'s bodies, written out rather than shared
+        # through calls: this runs once per task on every worker.
         with self.mutex:
             if finished:
-                self._mark_done(finished)
-            # get()'s body, written out rather than shared through a call:
-            # this runs once per task on every worker.
-            if not self._qsize():
-                self._wait_for_item(True, None)
+                unfinished = self.unfinished_tasks - finished
+                if unfinished <= 0:
+                    if unfinished < 0:
+                        raise ValueError("task_done() called too many times")
+                    self.all_tasks_done.notify_all()
+                self.unfinished_tasks = unfinished
+            if not self._qsize() and not self._wait_for_item(True, None):
+                return None
             item = self._get()
-            self._made_room()
+            if self._waiting_for_room:  # as _made_room
+                self.not_full.notify()
+            if self._room_waiters:
+                self._wake_room_waiters()
             return item
 
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -208,8 +251,8 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
 
     def _wake_a_worker(self) -> None:
         # Called with the mutex held, after an item went in.
-        if self._waiting_for_item:
-            self.not_empty.notify()
+        if self._item_waiters:
+            self._item_waiters.popleft().release()
 
     # -- admission ------------------------------------------------------------
 
@@ -237,8 +280,8 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             self._put(item)
             self.admitted += 1
             self.unfinished_tasks += 1
-            if self._waiting_for_item:
-                self.not_empty.notify()
+            if self._item_waiters:  # as _wake_a_worker
+                self._item_waiters.popleft().release()
 
     def _wait_for_room(self, block: bool, timeout: Optional[float]) -> None:
         # Called with the mutex held; also wakes (and fails) on close.
@@ -251,7 +294,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
                     "add workers, raise maxsize, or wait longer (submit_timeout)")
             self._waiting_for_room += 1
             try:
-                self.not_full.wait(remaining)
+                self.not_full.wait(None if remaining is None else wait_seconds(remaining))
             finally:
                 self._waiting_for_room -= 1
 
@@ -285,11 +328,15 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
         top = self._top
         return top is not None and top > priority
 
-    def wake_workers(self, item: Any) -> None:
-        """Put ``item`` (a stop sentinel) in, past the bound and any seal."""
+    def stop(self) -> None:
+        """From now on, a get that finds the queue empty returns None; wake those waiting.
+
+        Items still queued are handed out first: workers drain, then stop.
+        """
         with self.mutex:
-            self._put(item)
-            self._wake_a_worker()
+            self.stopping = True
+            while self._item_waiters:
+                self._item_waiters.popleft().release()
 
     def close(self) -> None:
         """Refuse producers from now on; wake any waiting for room."""
@@ -318,7 +365,7 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self.all_tasks_done.wait(remaining)
+                self.all_tasks_done.wait(None if remaining is None else wait_seconds(remaining))
             return True
 
     def admit_deferred(self, item: Any) -> None:

@@ -205,24 +205,29 @@ def test_seal_returns_the_queued_items_and_refuses_everything():
     assert work.seal() == []
 
 
-def test_wake_workers_puts_past_the_bound_and_the_seal():
-    stop = object()
-    work = WorkQueue(maxsize=1)
+def test_a_stopped_queue_hands_out_what_it_holds_then_none():
+    work = WorkQueue(maxsize=0)
     work.admit(1)
-    work.seal()
-    work.wake_workers(stop)
-    assert work.get(timeout=WAIT) is stop
+    work.admit(2)
+    work.stop()
+    assert [work.get(timeout=WAIT), work.get(timeout=WAIT)] == [1, 2]
+    assert work.get(timeout=WAIT) is None
+    assert work.finish_and_get(2) is None
+    assert work.wait_all_done(0)
 
 
-def test_wake_workers_wakes_a_blocked_get():
+def test_stop_wakes_every_blocked_get():
     work = WorkQueue(maxsize=1)
-    stop = object()
     got: List[Any] = []
-    getter = threading.Thread(target=lambda: got.append(work.get(timeout=WAIT)), daemon=True)
-    getter.start()
-    work.wake_workers(stop)
-    getter.join(WAIT)
-    assert got == [stop]
+    getters = [threading.Thread(target=lambda: got.append(work.get(timeout=WAIT)), daemon=True)
+               for _ in range(3)]
+    for getter in getters:
+        getter.start()
+    work.stop()
+    for getter in getters:
+        getter.join(WAIT)
+        assert not getter.is_alive()
+    assert got == [None, None, None]
 
 
 def test_wait_all_done_times_out_while_tasks_are_unfinished():
@@ -370,8 +375,7 @@ def test_no_wakeup_is_lost_when_nobody_seems_to_wait(maxsize, shaken):
         for thread in threads[:producers]:
             thread.join(WAIT)
         assert work.wait_all_done(WAIT)
-        for _ in range(getters):
-            work.wake_workers(None)
+        work.stop()
         for thread in threads:
             thread.join(WAIT)
             assert not thread.is_alive()
@@ -446,7 +450,7 @@ class Level:
 
 class Prioritised:
     def __init__(self, priority: Level, label: int) -> None:
-        self._priority = priority
+        self.priority = priority
         self.label = label
 
 
@@ -463,7 +467,7 @@ def test_a_backlog_of_distinct_priorities_costs_log_levels_per_item() -> None:
     out = [work.get() for _ in range(count)]
     bound = 4 * count * math.ceil(math.log2(count))
     assert Level.compared <= bound, (Level.compared, bound)
-    assert [item._priority.value for item in out] == sorted(order, reverse=True)
+    assert [item.priority.value for item in out] == sorted(order, reverse=True)
 
 
 def test_many_levels_still_come_out_first_in_first_out_within_a_level() -> None:
@@ -472,7 +476,7 @@ def test_many_levels_still_come_out_first_in_first_out_within_a_level() -> None:
         work.admit(Prioritised(Level(label % 200), label))
     out = [work.get() for _ in range(600)]
     for value in range(200):
-        labels = [item.label for item in out if item._priority.value == value]
+        labels = [item.label for item in out if item.priority.value == value]
         assert labels == sorted(labels)
-    assert [item._priority.value for item in out] == sorted((l % 200 for l in range(600)),
+    assert [item.priority.value for item in out] == sorted((l % 200 for l in range(600)),
                                                             reverse=True)

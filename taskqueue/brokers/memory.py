@@ -1,0 +1,369 @@
+"""The in-process broker: a bounded queue, a scheduler, unique keys, dead letters.
+
+:class:`MemoryBroker` is the default :class:`~taskqueue.brokers.base.Broker`:
+messages wait in a bounded :class:`~taskqueue.workqueue.WorkQueue` (one FIFO
+per priority level), retries and delays in a
+:class:`~taskqueue.scheduler.Scheduler` until they are due, keyed tasks in
+:class:`~taskqueue.unique.UniqueKeys`, and failures in a bounded
+:class:`~taskqueue.deadletter.DeadLetterStore`. A message's handle is the
+caller's own, resolved here as the outcomes come.
+
+Acknowledging is marking a task done on the work queue (``task_done``),
+once per task, when it has ended: ``join()`` waits on that count. A
+consumer pays the acknowledgement of the task it finished with its next
+``receive()``, in the same trip through the queue's mutex; a crashed
+worker's consumer pays what it owed (:meth:`MemoryConsumer.crashed`).
+
+Everything is lost if the process dies; :class:`~taskqueue.brokers.journal.JournalBroker`
+is the same broker with a SQLite file behind it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
+
+from ..deadletter import DeadLetter, DeadLetterStore
+from ..errors import QueueClosed, QueueFull
+from ..message import Message
+from ..scheduler import Scheduler
+from ..stats import WorkerTally
+from ..task import TaskHandle
+from ..unique import BUSY, UniqueKeys
+from ..workqueue import WorkQueue
+from .base import Binding, Broker, BrokerCounts, Callbacks, Consumer
+
+__all__ = ["MemoryBroker", "MemoryConsumer"]
+
+
+class MemoryBroker(Broker):
+    """Messages kept in this process; the default broker of a TaskQueue.
+
+    Bind it to one queue (``TaskQueue(broker=MemoryBroker())``, or leave the
+    default). Its bound is the queue's ``maxsize``; retries and delays wait
+    past the bound, so a full queue never deadlocks against its own retries.
+    """
+
+    def __init__(self) -> None:
+        self._binding: Optional[Binding] = None
+        self._lock = threading.Lock()  # guards the cancelled count
+        self._cancelled = 0
+
+    # -- binding and lifecycle ---------------------------------------------------
+
+    def bind(self, binding: Binding) -> None:
+        """Become the broker of the queue ``binding`` describes; once."""
+        if self._binding is not None:
+            raise RuntimeError(f"this broker already serves {self._binding.name!r}; "
+                               "give each TaskQueue a broker of its own")
+        self._binding = binding
+        self._clock = binding.clock
+        self._exempt = binding.exempt
+        self._work = self._make_work_queue(binding)
+        self._scheduler = Scheduler(self._due, clock=binding.clock, wait=binding.wait,
+                                    name=f"{binding.name}-scheduler")
+        self._keys = UniqueKeys()
+        self._dead = DeadLetterStore(binding.dead_letter_limit)
+
+    def _make_work_queue(self, binding: Binding) -> WorkQueue:
+        """The ready queue; a subclass may order it otherwise (override WorkQueue's hooks)."""
+        return WorkQueue(binding.maxsize, binding.name)
+
+    def start(self) -> None:
+        """Start the scheduler's timer thread."""
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop the timer thread (what it still holds stays held, unstarted)."""
+        self._scheduler.stop()
+
+    def threads(self) -> FrozenSet[threading.Thread]:
+        """The scheduler's timer thread, once started."""
+        return self._scheduler.threads()
+
+    # -- producers ----------------------------------------------------------------
+
+    def enqueue(self, message: Message, block: bool = True,
+                timeout: Optional[float] = None) -> TaskHandle:
+        """Queue ``message`` (see :meth:`Broker.enqueue`)."""
+        if message.key is None and message.due is None:  # the common case, flat
+            self._work.admit(message, block=block, timeout=timeout, exempt=self._exempt)
+            return message.handle
+        if message.key is not None:
+            return self._enqueue_unique(message, block, timeout)
+        self._enter(message, block, timeout)
+        return message.handle
+
+    def _enter(self, message: Message, block: bool, timeout: Optional[float]) -> None:
+        if message.due is None:
+            self._work.admit(message, block=block, timeout=timeout, exempt=self._exempt)
+            return
+        # Accepted (and counted) now; it waits in the scheduler, not in the
+        # queue, and enters the queue past the bound when due.
+        message.handle._set_scheduled(True)
+        self._work.admit_deferred(message)
+        if not self._scheduler.schedule(message, message.due):
+            message.handle.cancel()  # shutdown is sealing: what waits is cancelled
+
+    def _enqueue_unique(self, message: Message, block: bool,
+                        timeout: Optional[float]) -> TaskHandle:
+        key, handle = message.key, message.handle
+        holder = self._keys.claim(key, handle, timeout if block else 0.0)  # type: ignore[arg-type]
+        if holder is BUSY:
+            raise QueueFull(f"a task with key {key!r} is still waiting for room in "
+                            f"{self._work.name}; wait longer (submit_timeout) or retry")
+        if holder is not None:
+            return holder  # type: ignore[return-value]
+        try:
+            self._enter(message, block, timeout)
+        except BaseException:
+            self._keys.release(key, handle)  # type: ignore[arg-type]
+            raise
+        self._keys.admitted(handle)
+        return handle
+
+    def enter_recovered(self, message: Message) -> None:
+        """Take in a message read back after a restart: past the bound, keys claimed."""
+        if message.key is not None and self._keys.claim(message.key, message.handle, 0.0) is None:
+            self._keys.admitted(message.handle)
+        if message.due is None:
+            self._work.admit(message, bounded=False)
+        else:
+            self._enter(message, False, None)
+
+    def when_room(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the queue has room (at once if it has, or is closed)."""
+        self._work.when_room(callback)
+
+    # -- consumers ----------------------------------------------------------------
+
+    def consumer(self, tally: WorkerTally) -> MemoryConsumer:
+        """A consumer for one worker thread."""
+        return MemoryConsumer(self, tally)
+
+    def _due(self, message: Message) -> None:
+        # On the scheduler's thread: a retry or a delayed task is due.
+        message.handle._set_scheduled(False)
+        self._reenter(message)
+
+    def _reenter(self, message: Message) -> None:
+        # Back into the queue past the bound: a retry that is due, a delayed
+        # task, or the task of a dead worker. Once shutdown has sealed the
+        # queue, it is cancelled instead.
+        message.enqueued_at = self._clock()
+        if not self._work.reenter(message):
+            message.handle.cancel()
+
+    # -- cancelling, sealing, stopping ----------------------------------------------
+
+    def withdraw(self, handle: TaskHandle) -> Optional[Tuple[Message, Callbacks]]:
+        """Mark a waiting task cancelled: no worker will start it (it skips it)."""
+        message = handle._message
+        callbacks = handle._mark_cancelled()
+        if callbacks is None or message is None:
+            return None
+        return message, callbacks
+
+    def cancelled(self, message: Message) -> None:
+        """Count a withdrawn message as cancelled and free its key."""
+        with self._lock:
+            self._cancelled += 1
+        if message.key is not None:
+            self._keys.release(message.key, message.handle)
+
+    def ack(self, message: Message) -> None:
+        """Mark a cancelled task done on the work queue."""
+        self._work.task_done()
+
+    def seal(self) -> List[Message]:
+        """Close, refuse re-entries, and take out everything queued or scheduled."""
+        return self._work.seal() + self._scheduler.seal()
+
+    def close(self) -> None:
+        """Refuse producers from now on; wake those waiting for room."""
+        self._work.close()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether producers may still put messages in."""
+        return self._work.accepting
+
+    @property
+    def sealed(self) -> bool:
+        """Whether even accepted work may no longer re-enter (shutdown is cancelling)."""
+        return self._work.sealed
+
+    def wait_idle(self, timeout: Optional[float]) -> bool:
+        """Wait until every accepted task is acknowledged."""
+        return self._work.wait_all_done(timeout)
+
+    def stop_consumers(self) -> None:
+        """Consumers drain what is queued, then receive None."""
+        self._work.stop()
+
+    def closed_error(self) -> QueueClosed:
+        """The error a producer gets from a closed queue."""
+        return self._work.closed_error()
+
+    # -- what is kept ----------------------------------------------------------------
+
+    def recover(self) -> List[TaskHandle]:
+        """Nothing survives a restart in memory: no handles."""
+        return []
+
+    def dead_letters(self) -> List[DeadLetter]:
+        """The dead letters held, oldest first (a copy)."""
+        return self._dead.letters()
+
+    def keep_dead(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` (a failure; for a subclass, one read back)."""
+        self._dead.add(letter)
+
+    def requeue(self, letter: DeadLetter, message: Message, *, block: bool = True,
+                timeout: Optional[float] = None) -> TaskHandle:
+        """Forget ``letter`` and queue ``message`` in its place (one-shot per letter)."""
+        if not self._dead.remove(letter):
+            raise ValueError(f"dead letter {letter.task_id} is not held: it was requeued or "
+                             "purged already, or dropped past dead_letter_limit")
+        try:
+            return self.enqueue(message, block=block, timeout=timeout)
+        except BaseException:
+            self._dead.add(letter)  # not taken in: the letter stays, nothing is lost
+            raise
+
+    def purge_dead(self) -> int:
+        """Forget every dead letter."""
+        return self._dead.clear()
+
+    def counts(self) -> BrokerCounts:
+        """Submitted and cancelled tasks and the dead letters (the workers count the rest)."""
+        with self._work.mutex:
+            submitted = self._work.admitted
+        held, dropped = self._dead.counts()
+        with self._lock:
+            cancelled = self._cancelled
+        return BrokerCounts(submitted=submitted, cancelled=cancelled, dead_letters=held,
+                            dead_letters_dropped=dropped)
+
+    def __repr__(self) -> str:
+        name = self._binding.name if self._binding is not None else "unbound"
+        return f"<{type(self).__name__} {name!r}>"
+
+
+class MemoryConsumer(Consumer):
+    """One worker's side of a :class:`MemoryBroker`.
+
+    Used by its worker thread only (or, for an abandoned or dead worker, by
+    whoever settles for it).
+    """
+
+    def __init__(self, broker: MemoryBroker, tally: WorkerTally) -> None:
+        self._broker = broker
+        self._work = broker._work
+        self._finish_and_get = broker._work.finish_and_get
+        self._clock = broker._clock
+        self.tally = tally
+        self.current: Optional[Message] = None
+        self._unacked = 0  # tasks ended and not yet marked done: paid with the next receive
+
+    def receive(self) -> Optional[Message]:
+        """The next message, started; None once stopped and drained.
+
+        Messages cancelled while they waited are skipped (whoever cancelled
+        them settled them).
+        """
+        finish_and_get = self._finish_and_get
+        while True:
+            # What this consumer owes is paid here, with the next get: one
+            # trip through the queue's mutex per task, not two.
+            finished, self._unacked = self._unacked, 0
+            message = finish_and_get(finished)
+            if message is None:
+                return None
+            attempt = message.attempts + 1
+            if message.handle._begin(attempt):
+                message.attempts = attempt
+                self.current = message
+                tally = self.tally
+                tally.running = 1
+                if attempt > 1:
+                    tally.retried += 1
+                return message  # type: ignore[no-any-return]
+
+    def resume(self, message: Message) -> bool:
+        """Start a retry this consumer kept (see :meth:`reschedule`); False if it will not run."""
+        if self._work.sealed:
+            # Shutdown is cancelling what has not started: this retry has not.
+            self.current = None
+            message.handle.cancel()
+            return False
+        attempt = message.attempts + 1
+        if not message.handle._begin(attempt):
+            self.current = None  # someone cancelled it meanwhile, and settled it
+            return False
+        message.attempts = attempt
+        tally = self.tally
+        tally.running = 1
+        tally.retried += 1
+        return True
+
+    def succeeded(self, message: Message, result: Any) -> None:
+        """Resolve the handle with ``result``, then free the key."""
+        tally = self.tally
+        tally.running = 0
+        tally.succeeded += 1
+        message.handle._succeed(result)
+        if message.key is not None:  # after the handle is done: see unique.py
+            self._broker._keys.release(message.key, message.handle)
+
+    def failed(self, message: Message, letter: DeadLetter) -> None:
+        """Keep the dead letter, fail the handle, then free the key."""
+        tally = self.tally
+        tally.running = 0
+        tally.failed += 1
+        self._broker.keep_dead(letter)
+        message.handle._fail(letter.exception)
+        if message.key is not None:
+            self._broker._keys.release(message.key, message.handle)
+
+    def retrying(self, message: Message, delay: float) -> None:
+        """The handle goes back to waiting (SCHEDULED while a backoff runs)."""
+        self.tally.running = 0
+        message.handle._back_to_pending(scheduled=delay > 0)
+
+    def reschedule(self, message: Message, delay: float) -> Optional[Message]:
+        """Hold the retry until due; keep one due now unless a more urgent task waits."""
+        if delay <= 0 and not self._work.outranked(message.priority):
+            # No wait and nothing more urgent queued: this worker runs the
+            # retry next, sparing a trip through the queue (and the lock
+            # every producer and worker contends for).
+            return message
+        self.current = None
+        if delay <= 0:
+            self._broker._reenter(message)
+            return None
+        message.due = self._clock() + delay
+        if not self._broker._scheduler.schedule(message, message.due):
+            message.handle.cancel()  # shutdown is cancelling what has not started
+        return None
+
+    def ack(self, message: Message) -> None:
+        """Owe the queue one task done, paid with the next receive (or by :meth:`crashed`)."""
+        self._unacked += 1
+        self.current = None
+
+    def crashed(self) -> None:
+        """Pay what is owed and put back what this consumer held: it may run twice, never lost."""
+        if self._unacked:
+            self._work.task_done(self._unacked)
+            self._unacked = 0
+        message, self.current = self.current, None
+        if message is None:
+            return
+        self.tally.running = 0
+        handle = message.handle
+        if handle._back_to_pending(scheduled=False) or not handle.done():
+            # Running, or a retry kept for nobody but this consumer.
+            self._broker._reenter(message)
+        elif not handle.cancelled():  # it ended; only its acknowledgement was lost
+            self._work.task_done()
