@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging as _logging
 
+from .brokers import Broker, JournalBroker, MemoryBroker
 from .deadletter import DeadLetter
-from .errors import (JournalError, JournalLocked, QueueClosed, QueueFull, Retry, TaskQueueError,
-                     TimeLimitExceeded)
+from .errors import (JournalError, JournalLocked, QueueBroken, QueueClosed, QueueFull, Retry,
+                     TaskQueueError, TimeLimitExceeded)
 from .events import Event, EventKind
 from .journal import Journal
 from .journalfile import JournalView
@@ -55,7 +56,12 @@ __all__ = [
     "TaskQueueError",
     "QueueFull",
     "QueueClosed",
+    "QueueBroken",
     "TimeLimitExceeded",
+    # Brokers
+    "Broker",
+    "MemoryBroker",
+    "JournalBroker",
     # Journal
     "Journal",
     "JournalView",

@@ -8,6 +8,7 @@ The tree::
           +-- TaskQueueError             base of everything else the queue raises
                +-- QueueFull             no room within the allowed wait
                +-- QueueClosed (RuntimeError)  the queue no longer accepts work
+               |    +-- QueueBroken (BrokenThreadPool)  a worker's initializer failed
                +-- Retry                 raised *by a task* to ask for a retry
                +-- JournalError          a journal file cannot be used (names the file)
                     +-- JournalLocked    another queue has the journal open
@@ -18,15 +19,19 @@ The tree::
 
 ``QueueClosed`` is also a ``RuntimeError`` (as CPython's ``BrokenExecutor``
 is) so that ``except RuntimeError`` written for ``ThreadPoolExecutor`` keeps
-working when a ``TaskQueue`` is dropped in its place.
+working when a ``TaskQueue`` is dropped in its place; ``QueueBroken`` is
+also ``concurrent.futures.thread.BrokenThreadPool``, what a
+``ThreadPoolExecutor`` whose initializer failed raises.
 """
 
 from __future__ import annotations
 
+from concurrent.futures.thread import BrokenThreadPool
+
 from .validate import optional_seconds
 
-__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "Retry", "TimeLimitExceeded",
-           "JournalError", "JournalLocked"]
+__all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "QueueBroken", "Retry",
+           "TimeLimitExceeded", "JournalError", "JournalLocked"]
 
 
 class TaskQueueError(Exception):
@@ -39,6 +44,14 @@ class QueueFull(TaskQueueError):
 
 class QueueClosed(TaskQueueError, RuntimeError):
     """Raised when work is offered to a queue that has been shut down."""
+
+
+class QueueBroken(QueueClosed, BrokenThreadPool):
+    """Raised when a worker thread's initializer failed: the pool runs nothing more.
+
+    Every task that had not started fails with it, and so does every later
+    submit, as with a ``ThreadPoolExecutor`` whose initializer raised.
+    """
 
 
 class Retry(TaskQueueError):

@@ -1,11 +1,20 @@
 """The whole process: interpreter exit and fork.
 
-Every queue registers here when it is made. At interpreter exit, queues
-still open are drained (a script that forgets ``shutdown()`` still gets its
-work done, as with ``ThreadPoolExecutor``). In a forked child, every
-inherited queue is told that its threads do not exist there.
+Every queue registers here when it is made. At interpreter exit, the queues
+still open are drained together: first each stops its periodic runs, then
+all are drained until every one is idle at once, and only then is any of
+them shut down. A script that forgets ``shutdown()`` still gets its work
+done, as with ``ThreadPoolExecutor``, and a pipeline (a task of queue A
+submitting to queue B) loses no hand-off whichever queue was made first.
+After that, :data:`exiting` is true: a submit says "cannot schedule new
+futures after interpreter shutdown", as CPython's executors do.
 
-A queue offers ``shutdown()``, ``owner_pid`` and ``disown_after_fork()``.
+In a forked child, every inherited queue is told that its threads do not
+exist there.
+
+A queue offers ``owner_pid``, ``shutdown()``, ``disown_after_fork()`` and,
+for the drain, ``_exit_drain()`` (a ``(stop_periodics, idle, join)`` triple:
+see :func:`drain`).
 """
 
 from __future__ import annotations
@@ -14,12 +23,21 @@ import atexit
 import os
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable, List, Sequence, Tuple
 
-__all__ = ["register"]
+__all__ = ["register", "drain", "exiting", "EXIT_MESSAGE"]
+
+EXIT_MESSAGE = "cannot schedule new futures after interpreter shutdown"
+"""What a submit says once the interpreter-exit drain has closed the queues."""
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
 _live_lock = threading.Lock()
+_state = {"exiting": False}
+
+
+def exiting() -> bool:
+    """Whether the interpreter-exit drain has run: no queue takes work any more."""
+    return _state["exiting"]
 
 
 def register(queue: Any) -> None:
@@ -28,14 +46,40 @@ def register(queue: Any) -> None:
         _live.add(queue)
 
 
+Drainable = Tuple[Callable[[], object], Callable[[], Tuple[bool, int]], Callable[[], object]]
+
+
+def drain(queues: Sequence[Drainable]) -> None:
+    """Drain queues together until all are idle at once.
+
+    Each queue is ``(stop_periodics, idle, join)``: ``idle()`` returns
+    whether nothing is unfinished and how many tasks were ever submitted;
+    ``join()`` waits until nothing is. A pass joins every queue in turn;
+    the drain ends after a pass in which each was idle and no submission
+    happened anywhere, so that work handed from one queue to another (in
+    either direction) is waited for too.
+    """
+    for stop_periodics, _, _ in queues:
+        stop_periodics()
+    while True:
+        before = [idle() for _, idle, _ in queues]
+        for _, _, join in queues:
+            join()
+        after = [idle() for _, idle, _ in queues]
+        if all(done for done, _ in after) and after == before:
+            return
+
+
 def _drain_at_exit() -> None:
     # atexit callbacks run after non-daemon threads were joined, while the
     # daemon workers are still alive: the last moment they can drain.
     with _live_lock:
-        queues = list(_live)
+        queues = [queue for queue in _live if queue.owner_pid == os.getpid()]
+    drainable: List[Drainable] = [d for d in (q._exit_drain() for q in queues) if d is not None]
+    drain(drainable)
+    _state["exiting"] = True
     for queue in queues:
-        if queue.owner_pid == os.getpid():
-            queue.shutdown(wait=True)
+        queue.shutdown(wait=True)
 
 
 def _before_fork() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Sequence
+from typing import Any, Callable, Deque, List, Sequence
 
 __all__ = ["Stats", "WorkerTally", "percentile", "snapshot", "WINDOW"]
 
@@ -101,20 +101,21 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 def snapshot(
     tallies: Sequence[WorkerTally],
     *,
-    read_submitted: Callable[[], int],
-    cancelled: int,
+    read_counts: Callable[[], Any],
     workers: int,
-    dead_letters: int,
-    dead_letters_dropped: int,
     now: float,
 ) -> Stats:
-    """Build a :class:`Stats` from the workers' tallies and the queue's counters.
+    """Build a :class:`Stats` from the workers' tallies and the broker's counts.
 
-    ``pending`` is derived (submitted minus ended minus running), which is
-    exactly "queued or waiting for a retry", since every other task is one
-    of those. The tallies are read first and ``read_submitted`` is called
-    last, so under load a task can be seen as submitted and not yet ended,
-    never as ended and not yet submitted: ``pending`` is never negative.
+    ``read_counts()`` returns a :class:`~taskqueue.brokers.base.BrokerCounts`:
+    submitted, cancelled and dead letters always; succeeded, failed, retried
+    and running where the broker counts them itself (across processes),
+    None where this process's tallies tell. ``pending`` is derived
+    (submitted minus ended minus running), which is exactly "queued or
+    waiting for a retry", since every other task is one of those. The
+    tallies are read first and the counts last, so under load a task can be
+    seen as submitted and not yet ended, never as ended and not yet
+    submitted: ``pending`` is never negative.
     """
     succeeded = sum(t.succeeded for t in tallies)
     failed = sum(t.failed for t in tallies)
@@ -123,7 +124,11 @@ def snapshot(
     # deque.copy() is one atomic step; iterating a deque that its owner is
     # appending to would raise "deque mutated during iteration".
     windows = [(t.waits.copy(), t.runs.copy(), t.ends.copy()) for t in tallies]
-    submitted = read_submitted()
+    counts = read_counts()
+    submitted, cancelled = counts.submitted, counts.cancelled
+    if counts.succeeded is not None:  # the broker counts across processes
+        succeeded, failed = counts.succeeded, counts.failed
+        retried, running = counts.retried, counts.running
     # A task that retries on another worker between two reads of the
     # tallies can be seen running on both; it cannot be running more than
     # it is unfinished.
@@ -136,11 +141,11 @@ def snapshot(
         failed=failed,
         cancelled=cancelled,
         retried=retried,
-        pending=submitted - succeeded - failed - cancelled - running,
+        pending=max(0, submitted - succeeded - failed - cancelled - running),
         running=running,
         workers=workers,
-        dead_letters=dead_letters,
-        dead_letters_dropped=dead_letters_dropped,
+        dead_letters=counts.dead_letters,
+        dead_letters_dropped=counts.dead_letters_dropped,
         wait_p50=percentile(waits, 0.50),
         wait_p95=percentile(waits, 0.95),
         wait_p99=percentile(waits, 0.99),
