@@ -32,6 +32,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from taskqueue.message import Message
 from taskqueue.retry import Backoff, RetryPolicy
 from taskqueue.task import TaskHandle, callable_name
 
@@ -103,7 +104,7 @@ def bare_loop_throughput(workers: int, tasks: int, fn: Optional[Callable[[], obj
 
 
 class MinimalPool(Executor):
-    """taskqueue's handle on a plain bounded ``queue.Queue``, and nothing else.
+    """taskqueue's handle and message on a plain bounded ``queue.Queue``, and nothing else.
 
     Args:
         workers: how many threads.
@@ -122,9 +123,9 @@ class MinimalPool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle:
         """Queue ``fn(*args, **kwargs)``; return its handle."""
-        handle = TaskHandle(fn, args, kwargs or None, callable_name(fn), self._POLICY,
-                            _ignore_cancel)
-        self._queue.put(handle)
+        handle = TaskHandle(callable_name(fn))
+        handle._message = Message(fn, args, kwargs or None, handle._name, self._POLICY, handle)
+        self._queue.put(handle._message)
         return handle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -137,21 +138,19 @@ class MinimalPool(Executor):
     def _work(self) -> None:
         get, done, stop = self._queue.get, self._queue.task_done, self._STOP
         while True:
-            handle = get()
-            if handle is stop:
+            message = get()
+            if message is stop:
                 return
-            if handle._begin():
+            handle = message.handle
+            if handle._begin(1):
                 try:
-                    result = handle._fn(*handle._args, **(handle._kwargs or {}))
+                    result = message.fn(*message.args, **(message.kwargs or {}))
                 except BaseException as exc:
                     handle._fail(exc)
                 else:
                     handle._succeed(result)
+            message = handle = result = None
             done()
-
-
-def _ignore_cancel(handle: TaskHandle) -> None:
-    """The minimal pool keeps no count of cancelled tasks."""
 
 
 def ideal_throughput(workers: int, seconds_per_task: float) -> Dict[str, float]:

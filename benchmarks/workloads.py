@@ -28,6 +28,7 @@ from time import perf_counter
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
 
 from taskqueue import TaskQueue
+from taskqueue.brokers import Binding, MemoryBroker
 from taskqueue.workqueue import WorkQueue  # the priority scenario measures its ordering alone
 
 from .harness import percentile
@@ -275,16 +276,23 @@ class FifoWorkQueue(WorkQueue):
         return self._fifo.popleft()
 
 
-class FifoTaskQueue(TaskQueue):
-    """A TaskQueue whose work queue is :class:`FifoWorkQueue`: priorities taken out.
+class FifoBroker(MemoryBroker):
+    """The in-memory broker with :class:`FifoWorkQueue` as its ready queue."""
 
-    The work queue is swapped before any thread starts, so every other
-    part of the pool is the same code as taskqueue's own.
+    def _make_work_queue(self, binding: Binding) -> WorkQueue:
+        return FifoWorkQueue(binding.maxsize, binding.name)
+
+
+class FifoTaskQueue(TaskQueue):
+    """A TaskQueue on :class:`FifoBroker`: priorities taken out.
+
+    Only the ready queue's four ordering hooks differ (through the broker's
+    one hook for its work queue), so every other part of the pool is the
+    same code as taskqueue's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._work = FifoWorkQueue(self._work.maxsize, self.name)
+        super().__init__(*args, broker=FifoBroker(), **kwargs)
 
 
 def queue_cycle(make: Callable[[], WorkQueue], items: int) -> Dict[str, float]:

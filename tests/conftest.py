@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
 from taskqueue import TaskHandle, TaskQueue, TaskState
+from taskqueue.brokers.memory import MemoryBroker, MemoryConsumer
 
 # Generous bound for anything a test waits on: a bug fails the test instead
 # of hanging it, and a slow shared machine does not.
@@ -89,3 +90,32 @@ def assert_settled(queue: TaskQueue, handles: List[TaskHandle]) -> None:
     assert stats.cancelled == states.count(TaskState.CANCELLED)
     assert (stats.pending, stats.running) == (0, 0)
     assert queue.join(0)
+
+
+class FaultyConsumer(MemoryConsumer):
+    """A memory consumer that asks its broker's ``fault`` at each settle step."""
+
+    def succeeded(self, message: Any, result: Any) -> None:
+        self._broker.fault("before success")  # type: ignore[attr-defined]
+        super().succeeded(message, result)
+        self._broker.fault("after success")  # type: ignore[attr-defined]
+
+    def failed(self, message: Any, letter: Any) -> None:
+        self._broker.fault("before failure")  # type: ignore[attr-defined]
+        super().failed(message, letter)
+
+
+class FaultyBroker(MemoryBroker):
+    """The fault seam: a MemoryBroker whose consumers call ``fault(point)`` as they settle.
+
+    ``fault`` raises to make the worker's own code fail there (a bug in
+    taskqueue, as far as the worker can tell): ``"before success"``,
+    ``"after success"`` or ``"before failure"``.
+    """
+
+    def __init__(self, fault: Callable[[str], None]) -> None:
+        super().__init__()
+        self.fault = fault
+
+    def consumer(self, tally: Any) -> FaultyConsumer:
+        return FaultyConsumer(self, tally)

@@ -138,8 +138,8 @@ def test_log_level_info_shows_the_librarys_retries_on_stderr(
                  "--log-level", "info"]) == 0
 
     err = capsys.readouterr().err
-    assert "INFO taskqueue.pool: task " in err and "retrying in" in err
-    assert "ERROR taskqueue.pool: task " in err and "Traceback" in err  # final failures
+    assert "INFO taskqueue.settle: task " in err and "retrying in" in err
+    assert "ERROR taskqueue.settle: task " in err and "Traceback" in err  # final failures
     assert (logger.handlers, logger.level) == (handlers, level)  # nothing left behind
 
 

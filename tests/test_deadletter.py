@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import List
+from typing import Any, List
 
 import pytest
 
+from conftest import WAIT
+from taskqueue import QueueFull, TaskQueue
 from taskqueue.deadletter import DeadLetter, DeadLetterStore
 from taskqueue.task import Task
 
@@ -155,3 +157,80 @@ def test_a_traceback_left_out_is_formatted_from_the_exception_when_read():
     assert letter.traceback is text  # formatted once
     with pytest.raises(AttributeError):
         letter.attempts = 2  # type: ignore[misc]  # frozen
+
+
+# -- requeue is one-shot ---------------------------------------------------------------
+
+
+def failing_once() -> Any:
+    runs: List[int] = []
+
+    def charge(order: int) -> None:
+        runs.append(order)
+        if len(runs) == 1:
+            raise ConnectionError("payment gateway down")
+    return charge, runs
+
+
+@pytest.mark.timeout(30)
+def test_requeueing_a_letter_twice_raises_and_runs_nothing() -> None:
+    queue = TaskQueue(workers=2)
+    charge, runs = failing_once()
+    queue.submit(charge, 42)
+    assert queue.join(WAIT)
+    letter = queue.dead_letters()[0]
+    again = queue.requeue(letter)
+    assert again.result(WAIT) is None
+    with pytest.raises(ValueError, match="requeued or purged"):
+        queue.requeue(letter)
+    assert queue.join(WAIT)
+    queue.shutdown()
+    assert runs == [42, 42] and queue.dead_letters() == []
+    assert queue.stats().submitted == 2
+
+
+@pytest.mark.timeout(60)
+def test_two_threads_requeueing_one_letter_run_it_once() -> None:
+    for _ in range(30):
+        queue = TaskQueue(workers=2)
+        charge, runs = failing_once()
+        queue.submit(charge, 7)
+        assert queue.join(WAIT)
+        letter = queue.dead_letters()[0]
+        barrier = threading.Barrier(2)
+        outcomes: List[Any] = []
+
+        def admin() -> None:  # two operators click "retry" at once
+            barrier.wait(WAIT)
+            try:
+                outcomes.append(queue.requeue(letter))
+            except ValueError as exc:
+                outcomes.append(exc)
+
+        admins = [threading.Thread(target=admin) for _ in range(2)]
+        for thread in admins:
+            thread.start()
+        for thread in admins:
+            thread.join(WAIT)
+        assert queue.join(WAIT)
+        queue.shutdown()
+        assert sorted(type(o).__name__ for o in outcomes) == ["TaskHandle", "ValueError"]
+        assert runs == [7, 7]
+
+
+@pytest.mark.timeout(30)
+def test_a_requeue_that_finds_no_room_keeps_the_letter(gate: Any) -> None:
+    queue = TaskQueue(workers=1, maxsize=1, submit_timeout=0.05)
+    charge, runs = failing_once()
+    queue.submit(charge, 1)
+    assert queue.join(WAIT)
+    letter = queue.dead_letters()[0]
+    queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queue.submit(abs, -1)  # the one slot is taken
+    with pytest.raises(QueueFull):
+        queue.requeue(letter)
+    assert queue.dead_letters() == [letter]
+    gate.open()
+    assert queue.requeue(letter).result(WAIT) is None
+    queue.shutdown()

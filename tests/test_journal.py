@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from taskqueue import Backoff, JournalError, JournalLocked, TaskQueue
+from taskqueue import Backoff, JournalError, JournalLocked, JournalView, TaskQueue
 from taskqueue.journal import APPLICATION_ID, SCHEMA_VERSION, Journal
 
 from conftest import WAIT
@@ -489,7 +489,8 @@ def test_delays_and_retries_keep_their_due_times_across_a_restart(path: str) -> 
     try:
         # Then both wait, scheduled, for what is left of their 30 s
         assert second.recovered == 2
-        rows = {row.name: row for row in second._journal.recover()}  # type: ignore[union-attr]
+        with JournalView(path) as view:  # read while the queue owns the file
+            rows = {row.name: row for row in view.rows()}
         for row in rows.values():
             assert row.state == "scheduled"
             assert before + 20 < row.due < before + 31
@@ -561,8 +562,8 @@ def test_an_unregistered_name_becomes_a_dead_letter_and_the_rest_run(path: str) 
     assert letter.task.args == (1,)
     third = TaskQueue(journal=path)
     try:
-        assert third._journal is not None
-        assert [row.name for row in third._journal.dead()] == ["gone"]
+        with JournalView(path) as view:
+            assert [row.name for row in view.dead()] == ["gone"]
     finally:
         third.shutdown()
 
@@ -598,7 +599,8 @@ def test_options_and_keys_come_back(path: str) -> None:
     try:
         # the key is held by the resumed task: a new submission gets its handle
         again = job2.options(key="k1").submit("other")
-        assert again.id in {row.id for row in second._journal.recover()}  # type: ignore[union-attr]
+        with JournalView(path) as view:
+            assert again.id in {row.id for row in view.rows()}
         gate.set()
         again.result(WAIT)
         assert seen["x"] == [1, 2]  # tuples come back as lists
@@ -743,7 +745,7 @@ def test_a_task_running_at_stop_after_stop_becomes_a_dead_letter(path: str) -> N
     # Given two tasks (retries=0) found running when the process stopped:
     # one as many times as is forgiven, one a time more (as one that kills
     # the process whenever it runs would be)
-    from taskqueue.durable import CRASHES_FORGIVEN
+    from taskqueue.brokers.journal import CRASHES_FORGIVEN
     journal = Journal(path)
     for task_id, attempts in (("forgiven", CRASHES_FORGIVEN), ("poison", 1 + CRASHES_FORGIVEN)):
         journal.record_submit(task_id, "crashes", json.dumps([task_id]), "{}", {})

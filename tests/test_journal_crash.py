@@ -263,7 +263,7 @@ def test_a_journal_owned_by_another_process_is_locked(child: Path, tmp_path: Pat
 def test_a_task_that_kills_the_process_at_once_ends_as_a_dead_letter(
         child: Path, tmp_path: Path) -> None:
     # Given a task (retries=0) that kills its process with SIGKILL as it starts
-    from taskqueue.durable import CRASHES_FORGIVEN
+    from taskqueue.brokers.journal import CRASHES_FORGIVEN
     journal, runs = tmp_path / "tasks.db", tmp_path / "runs"
     runs.touch()
     outcomes = []

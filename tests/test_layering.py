@@ -11,53 +11,102 @@ import taskqueue
 PACKAGE = Path(taskqueue.__file__).parent
 
 # Lower numbers are lower layers; a module may import only from lower layers.
+# Modules of the brokers package are named "brokers.x".
 LAYERS: Dict[str, int] = {
     "validate": 0, "aio": 0, "process": 0,
     "errors": 1,
     "retry": 2, "stats": 2,
-    "task": 3,
-    "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4,
-    "journalfile": 4,
+    "task": 3, "message": 3,
+    "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 4,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
-    "worker": 6, "durable": 6,
-    "pool": 7,
-    "__init__": 8,
+    "brokers.base": 6,
+    "brokers.memory": 7,
+    "brokers.journal": 8,
+    "brokers.__init__": 9,
+    "settle": 10, "worker": 10,
+    "supervisor": 11, "lifecycle": 11,
+    "pool": 12,
+    "__init__": 13,
 }
 # The command line and the demo are users: only the package's public names.
 USERS = {"cli", "demo", "__main__"}
+# A broker never imports the queue's own parts above it (pool, settle, ...):
+# the layers already say so; this names the rule the layers serve.
+BROKER_MODULES = {name for name in LAYERS if name.startswith("brokers.")}
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE).with_suffix("")
+    return ".".join(relative.parts)
 
 
 def imported_modules(path: Path) -> Set[str]:
-    """Sibling modules that ``path`` imports (relative or as taskqueue.x)."""
+    """Package modules that ``path`` imports, named as in LAYERS."""
+    here = module_name(path).split(".")[:-1]  # the package the module is in, below taskqueue
     found: Set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 1 and not module:  # from . import x, y
-                found.update(a.name if (PACKAGE / f"{a.name}.py").exists() else "__init__"
-                             for a in node.names)
-            elif node.level == 1:
-                found.add(module.split(".")[0])
-            elif module.startswith("taskqueue"):
-                parts = module.split(".")
-                found.add(parts[1] if len(parts) > 1 else "__init__")
+            if node.level:
+                base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                parts = base + (node.module.split(".") if node.module else [])
+            elif (node.module or "").startswith("taskqueue"):
+                parts = (node.module or "").split(".")[1:]
+            else:
+                continue
+            if not node.module:  # from . import x, y
+                for alias in node.names:
+                    found.add(_resolve(parts + [alias.name]))
+            else:
+                found.add(_resolve(parts))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("taskqueue."):
-                    found.add(alias.name.split(".")[1])
+                    found.add(_resolve(alias.name.split(".")[1:]))
     return found
 
 
+def _runtime_nodes(tree: ast.AST):
+    # Every node but those under "if TYPE_CHECKING:": an import made only for
+    # type hints is no dependency at run time (task and message name each other).
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.dump(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _resolve(parts: list) -> str:
+    # The longest prefix that is a module file; a package stands for its __init__.
+    for end in range(len(parts), 0, -1):
+        candidate = PACKAGE.joinpath(*parts[:end])
+        if candidate.with_suffix(".py").exists():
+            return ".".join(parts[:end])
+        if (candidate / "__init__.py").exists():
+            return ".".join(parts[:end] + ["__init__"]) if parts[:end] else "__init__"
+    return "__init__"
+
+
 def test_every_module_is_placed_in_a_layer() -> None:
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     assert modules == set(LAYERS) | USERS
 
 
 def test_imports_only_point_down() -> None:
     for name, layer in LAYERS.items():
-        for imported in imported_modules(PACKAGE / f"{name}.py"):
+        for imported in imported_modules(PACKAGE.joinpath(*name.split(".")).with_suffix(".py")):
             assert imported in LAYERS, f"{name} imports {imported}, a user module"
             assert LAYERS[imported] < layer, f"{name} (layer {layer}) imports {imported}"
+
+
+def test_no_broker_imports_the_pool_or_its_parts() -> None:
+    above = {"pool", "settle", "worker", "supervisor", "lifecycle", "__init__"}
+    for name in BROKER_MODULES:
+        imported = imported_modules(PACKAGE.joinpath(*name.split(".")).with_suffix(".py"))
+        assert not imported & above, f"{name} imports {imported & above}"
 
 
 def test_the_cli_and_demo_use_only_public_names() -> None:

@@ -7,6 +7,7 @@ import gc
 import concurrent.futures as cf
 import logging
 import math
+import re
 import threading
 import weakref
 from typing import Any, Callable, Dict, List
@@ -541,3 +542,101 @@ def test_a_kept_handle_holds_only_the_outcome_whatever_the_submit_style(
     gc.collect()
     assert ref() is None
     assert handle.result() == "sent"  # the outcome is still there
+
+
+# -- a drop-in for ThreadPoolExecutor: the constructor ----------------------------------
+
+
+def test_max_workers_is_a_synonym_of_workers(make_queue: Callable[..., TaskQueue]) -> None:
+    queue = make_queue(max_workers=3)
+    assert queue.stats().workers == 3
+    assert make_queue(workers=3, max_workers=3).stats().workers == 3
+    with pytest.raises(TypeError, match="not both"):
+        TaskQueue(workers=2, max_workers=3)
+
+
+@pytest.mark.parametrize("kwargs", [{"workers": 0}, {"max_workers": 0}, {"max_workers": -1}])
+def test_no_workers_is_refused_in_words_both_spellings_know(kwargs: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"workers must be >= 1.*max_workers must be greater than 0"):
+        TaskQueue(**kwargs)
+
+
+def test_thread_name_prefix_names_threads_as_thread_pool_executor_does(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    queue = make_queue(workers=3, thread_name_prefix="SpecialPool")
+    names = {queue.submit(lambda: threading.current_thread().name).result(WAIT) for _ in range(30)}
+    assert names and all(re.fullmatch(r"SpecialPool_[0-2]", name) for name in names)
+
+
+def test_two_queues_with_default_names_have_threads_of_their_own_names(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    first, second = make_queue(workers=1), make_queue(workers=1)
+    assert first.name != second.name and first.name.startswith("taskqueue-")
+    name_of = lambda q: q.submit(lambda: threading.current_thread().name).result(WAIT)  # noqa: E731
+    assert name_of(first) == f"{first.name}-worker-0"
+    assert name_of(second) == f"{second.name}-worker-0"
+
+
+def test_an_initializer_runs_in_every_worker_thread_before_any_task(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    seen = threading.local()
+    ran: List[str] = []
+    lock = threading.Lock()
+
+    def init(tag: str) -> None:
+        seen.tag = tag
+        with lock:
+            ran.append(threading.current_thread().name)
+
+    queue = make_queue(workers=3, initializer=init, initargs=("initialized",))
+    gate = Gate()
+    held = [queue.submit(gate.wait) for _ in range(3)]
+    gate.wait_for_arrivals(3)
+    gate.open()
+    assert [h.result(WAIT) for h in held] == ["through"] * 3
+    assert all(queue.submit(lambda: seen.tag).result(WAIT) == "initialized" for _ in range(10))
+    assert sorted(ran) == sorted(f"{queue.name}-worker-{i}" for i in range(3))
+
+
+def test_a_failing_initializer_breaks_the_pool_as_thread_pool_executor_does(
+        make_queue: Callable[..., TaskQueue], caplog: pytest.LogCaptureFixture) -> None:
+    from concurrent.futures import BrokenExecutor
+    from concurrent.futures.thread import BrokenThreadPool
+
+    from taskqueue import QueueBroken
+
+    def init_fail() -> None:
+        raise ValueError("error in initializer")
+
+    caplog.set_level(logging.CRITICAL, logger="taskqueue")
+    queue = make_queue(workers=2, initializer=init_fail)
+    try:
+        handle = queue.submit(abs, -1)
+    except BrokenExecutor:
+        pass  # broken already
+    else:
+        with pytest.raises(BrokenExecutor):
+            handle.result(WAIT)
+        assert handle.state is TaskState.FAILED and handle.attempts == 0
+    with pytest.raises(BrokenThreadPool) as caught:
+        queue.submit(abs, -1)
+    assert isinstance(caught.value, QueueBroken) and isinstance(caught.value, QueueClosed)
+    assert "initializer" in str(caught.value)
+    assert any("ValueError: error in initializer" in (r.exc_text or "") or
+               (r.exc_info and "error in initializer" in str(r.exc_info[1]))
+               for r in caplog.records if r.levelno == logging.CRITICAL)
+    queue.shutdown()
+    assert queue.stats().pending == 0
+
+
+def test_set_running_or_notify_cancel_on_a_queued_handle_is_refused_and_the_task_still_runs(
+        make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
+    queue = make_queue(workers=1)
+    queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    handle = queue.submit(abs, -5)
+    with pytest.raises(RuntimeError):
+        handle.set_running_or_notify_cancel()
+    gate.open()
+    assert handle.result(WAIT) == 5
+    assert queue.join(WAIT)

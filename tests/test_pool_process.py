@@ -97,3 +97,106 @@ def test_a_forked_child_gets_a_clear_error_and_can_start_fresh() -> None:
     """)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failures 0" in result.stdout
+
+
+# -- the Hardening issue: exit in order, forgotten queues, submit after exit ----------------
+
+
+PIPELINE = """
+    import sys, threading
+    from taskqueue import TaskQueue
+    a = TaskQueue(workers=1, name="A")
+    b = TaskQueue(workers=1, name="B")
+    first, second = (a, b) if sys.argv[1] == "ab" else (b, a)
+    held = threading.Event()
+    def stage2(i):
+        print("done", i, flush=True)
+    def stage1(i):
+        held.wait(0.002)  # a moment's work, so the hand-offs come while exiting
+        try:
+            second.submit(stage2, i)
+        except Exception as exc:
+            print("LOST", i, type(exc).__name__, flush=True)
+    for i in range(20):
+        first.submit(stage1, i)
+    # no shutdown(): the interpreter-exit drain must finish both stages
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wiring", ["ab", "ba"])
+def test_the_exit_drain_finishes_a_pipeline_whichever_queue_came_first(wiring: str) -> None:
+    # Queues used to be drained one at a time in no order: a task of queue A
+    # that submits to queue B found B closed (20 of 20 hand-offs lost).
+    for _ in range(3):
+        result = run_script(PIPELINE, wiring)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("LOST") == 0, result.stdout
+        assert sorted(int(line.split()[1]) for line in result.stdout.splitlines()) == \
+            list(range(20))
+
+
+@pytest.mark.timeout(60)
+def test_submit_after_the_exit_drain_says_so_as_cpython_does() -> None:
+    result = run_script("""
+        import atexit
+        @atexit.register
+        def run_last():          # registered first, so it runs after taskqueue's drain
+            try:
+                queue.submit(id, None)
+            except RuntimeError as exc:
+                from taskqueue import QueueClosed
+                print("refused", isinstance(exc, QueueClosed), exc, flush=True)
+            try:
+                TaskQueue(workers=1).submit(id, None)
+            except RuntimeError as exc:
+                print("new queue refused", exc, flush=True)
+        from taskqueue import TaskQueue
+        queue = TaskQueue(workers=2)
+        queue.submit(id, 42).result()
+    """)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused True ")
+    assert "cannot schedule new futures after interpreter shutdown" in lines[0]
+    assert "cannot schedule new futures after interpreter shutdown" in lines[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_dropped_without_shutdown_lets_its_threads_end() -> None:
+    # As ThreadPoolExecutor's workers watch a weak reference to it: 200
+    # dropped queues used to leave 1,000 threads behind.
+    import gc
+    import threading
+
+    from taskqueue import TaskQueue
+
+    threads = []
+    for round_ in range(40):
+        queue = TaskQueue(workers=3, name=f"dropped-{round_}")
+        assert queue.submit(abs, -round_).result(timeout=10) == round_
+        threads += [t for t in threading.enumerate() if t.name.startswith(f"{queue.name}-")]
+        del queue
+    assert len(threads) >= 40 * 3  # its workers (and its timers) while it was held
+    gc.collect()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), thread.name
+
+
+@pytest.mark.timeout(60)
+def test_a_dropped_queue_still_runs_what_it_had_accepted() -> None:
+    import gc
+    import threading
+
+    from taskqueue import TaskQueue
+
+    done = threading.Event()
+    gate = threading.Event()
+    queue = TaskQueue(workers=1, name="dropped-busy")
+    queue.submit(gate.wait, 10)
+    queue.submit(done.set)
+    del queue
+    gc.collect()
+    gate.set()
+    assert done.wait(10)

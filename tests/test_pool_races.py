@@ -23,7 +23,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from conftest import WAIT, Gate, assert_settled
+from conftest import WAIT, FaultyBroker, Gate, assert_settled
 from taskqueue import (
     Backoff,
     EventKind,
@@ -35,6 +35,7 @@ from taskqueue import (
     TaskQueue,
     TaskState,
 )
+from taskqueue.brokers import BrokerCounts
 from taskqueue.stats import WorkerTally, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,30 +65,30 @@ def settle(handles: List[TaskHandle]) -> None:
     assert not not_done, f"{len(not_done)} handles never ended"
 
 
-class FirstAckCrashes(TaskQueue):
-    """A queue whose worker code fails once around settling a success (the documented seam).
+class FirstAckCrashes:
+    """A fault that fails the worker's code once around settling a success.
 
     Args:
         after: fail right after the success was settled, not before it.
     """
 
-    def __init__(self, *args: Any, after: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fault_lock = threading.Lock()
+    def __init__(self, after: bool = False) -> None:
+        self._lock = threading.Lock()
         self.faulted = False
-        self.after = after
+        self.point = "after success" if after else "before success"
 
-    def _first(self) -> bool:
-        with self._fault_lock:
+    def __call__(self, point: str) -> None:
+        if point != self.point:
+            return
+        with self._lock:
             first, self.faulted = not self.faulted, True
-        return first
+        if first:
+            raise RuntimeError(f"injected fault {point}")
 
-    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
-        if not self.after and self._first():
-            raise RuntimeError("injected fault between the task and its acknowledgement")
-        super()._settle_success(handle, result, tally)
-        if self.after and self._first():
-            raise RuntimeError("injected fault after the task was settled")
+
+def first_ack_crashes(*, after: bool = False, **kwargs: Any) -> TaskQueue:
+    """A queue (on the fault seam) whose worker fails once around settling a success."""
+    return TaskQueue(broker=FaultyBroker(FirstAckCrashes(after)), **kwargs)
 
 
 @pytest.mark.timeout(60)
@@ -95,7 +96,7 @@ def test_a_worker_dying_after_settling_a_success_still_marks_it_done(quiet_logs:
     # The worker marks a success done on the queue with its next get; if it
     # dies before that, its crash handler must do it, or join() hangs.
     for workers in (1, 2, 4) * 10:
-        queue = FirstAckCrashes(workers=workers, after=True)
+        queue = first_ack_crashes(workers=workers, after=True)
         handles = [queue.submit(abs, -n) for n in range(50)]
         assert [h.result(WAIT) for h in handles] == list(range(50))
         assert queue.join(WAIT)
@@ -112,7 +113,7 @@ def test_a_replacement_worker_is_a_worker_from_its_first_task(quiet_logs: None) 
     seen = []
     for _ in range(5):
         # Given a one-slot, one-worker queue whose first acknowledgement fails
-        queue = FirstAckCrashes(workers=1, maxsize=1)
+        queue = first_ack_crashes(workers=1, maxsize=1)
         gate = Gate()
         first = queue.submit(gate.wait)
         gate.wait_for_arrivals(1)
@@ -181,8 +182,9 @@ def test_a_retry_moving_between_workers_mid_snapshot_never_makes_pending_negativ
     worker0.running = 1
     # When a snapshot reads worker 0's tally, and the task moves to worker 1 before
     # the snapshot reads worker 1's
-    stats = snapshot([worker0, worker1], read_submitted=lambda: 1, cancelled=0, workers=2,
-                     dead_letters=0, dead_letters_dropped=0, now=1.0)
+    stats = snapshot([worker0, worker1], workers=2, now=1.0,
+                     read_counts=lambda: BrokerCounts(submitted=1, cancelled=0, dead_letters=0,
+                                                      dead_letters_dropped=0))
     # Then the one task is counted once
     assert stats.running <= 1
     assert stats.pending >= 0
@@ -316,7 +318,8 @@ def test_join_after_shutdown_from_a_new_thread_is_not_mistaken_for_a_worker() ->
     for _ in range(5):
         queue = TaskQueue(workers=2)
         queue.submit(abs, -1).result(WAIT)
-        workers = {t.ident for t in threading.enumerate() if t.name.startswith("taskqueue-worker-")}
+        workers = {t.ident for t in threading.enumerate()
+                   if t.name.startswith(f"{queue.name}-worker-")}
         queue.shutdown()  # the workers have exited when this returns
 
         def call_join() -> None:
@@ -696,7 +699,7 @@ def test_shutdown_with_cancel_from_a_retrying_listener_ends_the_retry_and_the_qu
 def test_a_worker_dying_during_shutdown_loses_nothing_and_every_thread_ends(
         mode: str, kwargs: dict, quiet_logs: None) -> None:
     # Given one worker busy with a task whose acknowledgement will fail, and more queued
-    queue = FirstAckCrashes(workers=1, retries=1, name=f"dying-{mode}")
+    queue = first_ack_crashes(workers=1, retries=1, name=f"dying-{mode}")
     gate = Gate()
     running = queue.submit(gate.wait)
     gate.wait_for_arrivals(1)

@@ -6,15 +6,16 @@ import concurrent.futures as cf
 import gc
 import random
 import threading
+import time
 import tracemalloc
 import weakref
 from typing import Any, Callable, List
 
 import pytest
 
-from conftest import WAIT, Gate, assert_settled
-from taskqueue import Backoff, Retry, TaskHandle, TaskQueue, TaskState
-from taskqueue.stats import WorkerTally
+from conftest import WAIT, FaultyBroker, Gate, assert_settled
+from taskqueue import (Backoff, EventKind, Retry, Task, TaskHandle, TaskQueue, TaskState,
+                       TimeLimitExceeded)
 
 
 
@@ -173,34 +174,32 @@ def test_random_shutdowns_under_load_lose_nothing() -> None:
 # -- 3. at-least-once: a worker that dies mid-acknowledgement ------------------------------
 
 
-class CrashingAcks(TaskQueue):
-    """A queue whose acknowledgement fails every ``every``-th time (the fault seam)."""
+class CrashingAcks:
+    """A fault that fails the worker's code every ``every``-th settle (before it happens)."""
 
-    def __init__(self, *args: Any, every: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, every: int) -> None:
         self.every = every
         self.acks = 0
-        self._ack_lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    def _fault(self) -> None:
-        with self._ack_lock:
+    def __call__(self, point: str) -> None:
+        if not point.startswith("before"):
+            return
+        with self._lock:
             self.acks += 1
             crash = self.acks % self.every == 1
         if crash:
             raise RuntimeError("injected fault between the task and its acknowledgement")
 
-    def _settle_success(self, handle: TaskHandle, result: Any, tally: WorkerTally) -> None:
-        self._fault()
-        super()._settle_success(handle, result, tally)
 
-    def _settle_failure(self, handle: TaskHandle, exc: BaseException, tally: WorkerTally) -> None:
-        self._fault()
-        super()._settle_failure(handle, exc, tally)
+def crashing_acks(*, every: int, **kwargs: Any) -> TaskQueue:
+    """A queue on the fault seam whose worker fails every ``every``-th settle."""
+    return TaskQueue(broker=FaultyBroker(CrashingAcks(every)), **kwargs)
 
 
 def test_a_task_whose_worker_dies_runs_again_on_a_replacement() -> None:
     # Given a one-worker queue whose first acknowledgement fails
-    queue = CrashingAcks(workers=1, every=1_000_000, name="fragile")
+    queue = crashing_acks(workers=1, every=1_000_000, name="fragile")
     threads: List[threading.Thread] = []
 
     def record() -> int:
@@ -226,7 +225,7 @@ def test_a_task_whose_worker_dies_runs_again_on_a_replacement() -> None:
 @pytest.mark.timeout(60)
 def test_injected_faults_never_drop_a_task() -> None:
     for _ in range(5):
-        queue = CrashingAcks(workers=3, every=7, retries=1, backoff=Backoff.none())
+        queue = crashing_acks(workers=3, every=7, retries=1, backoff=Backoff.none())
         ran: List[int] = []
         lock = threading.Lock()
 
@@ -359,3 +358,105 @@ def test_memory_stays_flat_over_two_hundred_thousand_discarded_handles() -> None
         tracemalloc.stop()
     queue.shutdown()
     assert growth < 64 * 1024, f"grew by {growth} bytes over 200,000 tasks"
+
+
+# -- the Hardening issue: shutdown from the queue's own threads, and after a timeout ---------
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_from_a_done_callback_on_the_timer_thread_does_not_deadlock() -> None:
+    # A task blocked in C past its time limit is abandoned on the timer's
+    # thread, and its done callbacks run there. shutdown() from one of them
+    # used to wait for a delayed task that only that thread could make due.
+    for _ in range(3):
+        queue = TaskQueue(workers=2, time_limit=0.1, time_limit_grace=0.05)
+        release = threading.Event()
+        stuck = queue.submit(Task(release.wait, (WAIT,)))
+        called = threading.Event()
+        stuck.add_done_callback(lambda h: (queue.shutdown(), called.set()))
+        later = queue.submit(Task(lambda: "later", delay=0.3))
+        finished = threading.Event()
+        threading.Thread(target=lambda: (queue.shutdown(), finished.set()), daemon=True).start()
+        assert finished.wait(WAIT), "shutdown() never returned"
+        assert called.is_set()
+        assert isinstance(stuck.exception(0), TimeLimitExceeded)
+        assert later.result(0) == "later"
+        release.set()
+
+
+@pytest.mark.timeout(60)
+def test_time_limits_are_enforced_after_a_shutdown_whose_timeout_ran_out() -> None:
+    # The timer that enforces time limits used to stop as shutdown(timeout=)
+    # returned, while attempts still ran: a 3 s Python loop with a 0.05 s
+    # limit ran to the end and succeeded.
+    for _ in range(5):
+        queue = TaskQueue(workers=1, time_limit=0.2)
+        started = threading.Event()
+
+        def spin() -> str:
+            started.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # pure Python: interruptible
+                pass
+            return "ran to the end"
+
+        handle = queue.submit(spin)
+        assert started.wait(WAIT)
+        queue.shutdown(timeout=0.01)  # returns while spin() still runs
+        assert isinstance(handle.exception(WAIT), TimeLimitExceeded)
+        queue.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_a_later_shutdown_returns_only_after_an_earlier_ones_cancelling_is_done() -> None:
+    # After shutdown(wait=False, timeout=...), a later shutdown() used to
+    # return before the CANCELLED listeners and done callbacks had run.
+    for round_ in range(5):
+        queue = TaskQueue(workers=1)
+        gate = Gate()
+        running = queue.submit(gate.wait)
+        gate.wait_for_arrivals(1)
+        returned = threading.Event()
+        cancelled_events: List[Any] = []
+        callbacks: List[Any] = []
+
+        def on_event(event: Any) -> None:
+            if event.kind is EventKind.CANCELLED:
+                if not cancelled_events:
+                    # Held until the later shutdown() has returned (or for a
+                    # moment, if it rightly waits for this listener).
+                    returned.wait(0.2)
+                cancelled_events.append(event)
+
+        queue.add_listener(on_event)
+        queued = [queue.submit(abs, -i) for i in range(5)]
+        for handle in queued:
+            handle.add_done_callback(callbacks.append)
+        queue.shutdown(wait=False, timeout=0.001)
+        # The background cancelling's first pass marks them all cancelled;
+        # its second (events, callbacks) is held by the listener above.
+        assert not cf.wait(queued, WAIT).not_done
+        gate.open()
+        queue.shutdown()
+        seen_events, seen_callbacks = len(cancelled_events), len(callbacks)
+        returned.set()
+        assert running.done()
+        assert all(h.cancelled() for h in queued)
+        assert (seen_callbacks, seen_events) == (5, 5), round_
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_without_wait_and_no_time_left_cancels_before_it_returns(shaken: None) -> None:
+    # With the deadline already passed, the cancelling used to be handed to
+    # a background thread that raced the workers for the queued tasks.
+    for _ in range(50):
+        queue = TaskQueue(workers=2)
+        gate = Gate()
+        running = [queue.submit(gate.wait) for _ in range(2)]
+        gate.wait_for_arrivals(2)
+        queued = [queue.submit(abs, -i) for i in range(20)]
+        queue.shutdown(wait=False, timeout=0)
+        assert all(h.cancelled() for h in queued)
+        gate.open()
+        queue.shutdown()
+        assert all(h.result(0) == "through" for h in running)

@@ -48,9 +48,11 @@ def test_the_documented_signatures() -> None:
     params = inspect.signature(taskqueue.TaskQueue).parameters
     assert list(params)[:2] == ["workers", "maxsize"]
     assert params["workers"].default == 4 and params["maxsize"].default == 1024
-    for name, default in [("name", "taskqueue"), ("retries", 0), ("backoff", None),
+    for name, default in [("name", None), ("retries", 0), ("backoff", None),
                           ("retry_on", (Exception,)), ("submit_timeout", None),
-                          ("dead_letter_limit", 10_000)]:
+                          ("dead_letter_limit", 10_000), ("max_workers", None),
+                          ("thread_name_prefix", None), ("initializer", None),
+                          ("initargs", ()), ("broker", None), ("wait", None)]:
         assert params[name].default == default and params[name].kind is inspect.Parameter.KEYWORD_ONLY
     submit = inspect.signature(taskqueue.TaskQueue.submit).parameters
     assert submit["fn"].kind is inspect.Parameter.POSITIONAL_ONLY

@@ -7,6 +7,7 @@ from collections import deque
 
 import pytest
 
+from taskqueue.brokers import BrokerCounts
 from taskqueue.stats import WINDOW, Stats, WorkerTally, percentile, snapshot
 
 
@@ -84,11 +85,16 @@ def tally(succeeded=0, failed=0, retried=0, running=0, waits=(), runs=(), ends=(
     return t
 
 
-def take(tallies, submitted=0, cancelled=0, now=0.0, **kw) -> Stats:
-    options = dict(workers=len(tallies), dead_letters=0, dead_letters_dropped=0)
-    options.update(kw)
-    return snapshot(tallies, read_submitted=lambda: submitted, cancelled=cancelled,
-                    now=now, **options)
+def counts(submitted: int = 0, cancelled: int = 0, dead_letters: int = 0,
+           dead_letters_dropped: int = 0, **broker_counted: int) -> BrokerCounts:
+    return BrokerCounts(submitted=submitted, cancelled=cancelled, dead_letters=dead_letters,
+                        dead_letters_dropped=dead_letters_dropped, **broker_counted)
+
+
+def take(tallies, submitted=0, cancelled=0, now=0.0, workers=None, **kw) -> Stats:
+    read = counts(submitted, cancelled, **kw)
+    return snapshot(tallies, read_counts=lambda: read,
+                    workers=len(tallies) if workers is None else workers, now=now)
 
 
 def test_snapshot_of_an_idle_queue():
@@ -137,17 +143,16 @@ class LoggedTally:
         return getattr(self._source, name)
 
 
-def test_snapshot_reads_submitted_after_every_tally():
+def test_snapshot_reads_the_broker_counts_after_every_tally():
     log = OrderLog()
     tallies = [LoggedTally(log, tally(succeeded=1, ends=[1.0])),
                LoggedTally(log, tally(failed=1))]
 
-    def read_submitted() -> int:
+    def read_counts() -> BrokerCounts:
         log.append("submitted")
-        return 2
+        return counts(submitted=2)
 
-    stats = snapshot(tallies, read_submitted=read_submitted, cancelled=0, workers=2,  # type: ignore[arg-type]
-                     dead_letters=0, dead_letters_dropped=0, now=2.0)
+    stats = snapshot(tallies, read_counts=read_counts, workers=2, now=2.0)  # type: ignore[arg-type]
     assert log[-1] == "submitted"
     assert log.count("submitted") == 1
     assert {"succeeded", "failed", "retried", "running", "waits", "runs", "ends"} <= set(log)
@@ -159,13 +164,12 @@ def test_snapshot_never_sees_an_end_before_its_submission():
     # taken (simulated: read_submitted sees it, the tally was read before)
     worker = tally()
 
-    def read_submitted() -> int:
+    def read_counts() -> BrokerCounts:
         worker.succeeded += 1  # the task ends "now", after the tallies were read
-        return 1
+        return counts(submitted=1)
 
     # When the snapshot is taken
-    stats = snapshot([worker], read_submitted=read_submitted, cancelled=0, workers=1,
-                     dead_letters=0, dead_letters_dropped=0, now=0.0)
+    stats = snapshot([worker], read_counts=read_counts, workers=1, now=0.0)
 
     # Then it shows the task as submitted and pending, not as ended early
     assert (stats.submitted, stats.succeeded, stats.pending) == (1, 0, 1)
@@ -219,3 +223,10 @@ def test_snapshot_does_not_change_the_tallies():
     assert list(worker.runs) == [2.0, 1.0]
     assert list(worker.ends) == [1.0, 2.0]
     assert isinstance(worker.waits, deque)
+
+
+def test_a_broker_that_counts_across_processes_overrides_the_local_tallies():
+    local = [tally(succeeded=1, failed=0, retried=0, running=0)]
+    stats = take(local, submitted=10, cancelled=1, succeeded=6, failed=1, retried=3, running=2)
+    assert (stats.succeeded, stats.failed, stats.retried, stats.running) == (6, 1, 3, 2)
+    assert stats.pending == 10 - 6 - 1 - 1 - 2

@@ -402,15 +402,16 @@ def test_a_limit_that_fires_as_the_attempt_is_armed_does_not_get_the_idle_worker
     # already: a slow STARTED listener, a busy machine). The seam is the
     # worker's ``arm`` callable; the watchdog runs on a fake clock and a
     # scheduler driven by run_due(), so the race is played out in order.
+    from taskqueue.brokers import Binding, MemoryBroker
     from taskqueue.events import Listeners
+    from taskqueue.message import Message
     from taskqueue.retry import Backoff as _Backoff
     from taskqueue.retry import RetryPolicy
     from taskqueue.scheduler import Scheduler
     from taskqueue.stats import WorkerTally
     from taskqueue.task import TaskHandle
     from taskqueue.timelimit import Watchdog
-    from taskqueue.worker import STOP, Worker
-    from taskqueue.workqueue import WorkQueue
+    from taskqueue.worker import Worker
 
     now = [100.0]
 
@@ -437,21 +438,33 @@ def test_a_limit_that_fires_as_the_attempt_is_armed_does_not_get_the_idle_worker
     outcomes: List[Any] = []
     reported = threading.Event()
 
-    def report(handle: Any, outcome: Any, tally: Any) -> None:
-        outcomes.append(outcome)
-        reported.set()
+    class Recorded:
+        """A settle step that only records outcomes."""
 
+        def succeeded(self, consumer: Any, message: Any, result: Any) -> None:
+            outcomes.append(result)
+            reported.set()
+
+        def failed(self, consumer: Any, message: Any, exc: BaseException) -> None:
+            outcomes.append(exc)
+            reported.set()
+
+    broker = MemoryBroker()
+    broker.bind(Binding(name="armed", maxsize=0, dead_letter_limit=0, clock=clock,
+                        wait=lambda cond, timeout: cond.wait(timeout), exempt=lambda: False,
+                        lookup=lambda name: None, message_for=lambda task: None))  # type: ignore
     crashes: List[BaseException] = []
-    work = WorkQueue()
-    worker = Worker(0, work, WorkerTally(), clock=clock, listeners=Listeners(),
-                    report_success=report, report_failure=report,
+    worker = Worker(0, broker.consumer(WorkerTally()), Recorded(), clock=clock,  # type: ignore
+                    listeners=Listeners(), on_start=lambda w: True,
                     on_crash=lambda w, exc: crashes.append(exc), arm=arm,
                     time_limit=1.0, name="armed-worker")
     watchdog.watch(worker.guard)
     worker.thread.start()
     try:
-        work.admit(TaskHandle(abs, (-1,), None, "abs", RetryPolicy(0, _Backoff(), (Exception,)),
-                              lambda h: None))
+        handle = TaskHandle("abs")
+        handle._message = Message(abs, (-1,), None, "abs",
+                                  RetryPolicy(0, _Backoff(), (Exception,)), handle)
+        broker.enqueue(handle._message, block=True, timeout=None)
         assert reported.wait(WAIT)
         # When the attempt has failed with its limit, and the worker is idle
         assert len(outcomes) == 1 and isinstance(outcomes[0], TimeLimitExceeded)
@@ -464,5 +477,5 @@ def test_a_limit_that_fires_as_the_attempt_is_armed_does_not_get_the_idle_worker
         assert abandoned == []
         assert not crashes
     finally:
-        work.wake_workers(STOP)
+        broker.stop_consumers()
         worker.thread.join(WAIT)

@@ -411,3 +411,21 @@ def test_a_str_subclass_key_deduplicates_by_value(make_queue: Callable[..., Task
     hold_the_only_worker(queue, gate)
     first = queue.submit(Task(abs, (-1,), key=Key("k")))
     assert queue.submit(Task(abs, (-1,), key="k")) is first
+
+
+@pytest.mark.timeout(60)
+def test_a_key_stays_taken_until_its_handle_is_done(make_queue: Callable[..., TaskQueue],
+                                                   shaken: None) -> None:
+    # The key used to be freed a moment before the handle ended: a second
+    # submit got a new handle while the first still read RUNNING.
+    queue = make_queue(workers=2)
+    for _ in range(20):
+        previous = queue.submit(Task(abs, (-1,), key="k"))
+        seen = 0
+        while seen < 200:
+            handle = queue.submit(Task(abs, (-1,), key="k"))
+            if handle is not previous:
+                assert previous.done(), f"new handle while the old one is {previous.state}"
+                previous = handle
+                seen += 1
+        assert previous.result(WAIT) == 1
