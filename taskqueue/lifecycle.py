@@ -150,7 +150,7 @@ class Lifecycle:
             self._broker.close()
         for message in self._broker.seal():
             self._settle.refused(consumer, message, self._broken)
-        consumer.crashed()  # pay the acknowledgements of what it failed
+        consumer.flush()  # the acknowledgements of what it failed count now
         self._broker.stop_consumers()
 
     # -- shutting down ----------------------------------------------------------------

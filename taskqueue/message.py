@@ -20,14 +20,12 @@ step change its ``attempts`` and ``due``; nothing else changes it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .retry import RetryPolicy
+from .task import Task, TaskHandle, callable_name
 
-if TYPE_CHECKING:
-    from .task import Task, TaskHandle
-
-__all__ = ["Message"]
+__all__ = ["Message", "MessageMaker"]
 
 
 class Message:
@@ -95,3 +93,59 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.id} {self.name!r} attempts={self.attempts}>"
+
+
+class MessageMaker:
+    """Builds a queue's messages and their handles, the queue's defaults applied.
+
+    Args:
+        policy: the queue's default retry policy.
+        canceller: what each handle's ``cancel()`` asks (the queue's settle step).
+        clock: the queue's monotonic clock (submission and due times).
+
+    Holds no reference to the queue: a broker may keep it (to turn tasks
+    read back after a restart into messages) without keeping the queue alive.
+    """
+
+    def __init__(self, policy: RetryPolicy, canceller: Callable[[TaskHandle], bool],
+                 clock: Callable[[], float]) -> None:
+        self.policy = policy
+        """The queue's default retry policy."""
+        self.canceller = canceller
+        """What each handle's ``cancel()`` asks."""
+        self.clock = clock
+        """The queue's clock."""
+
+    def for_call(self, fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Message:
+        """The message of ``submit(fn, *args, **kwargs)``; ``fn`` may be a Task.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or a Task came with arguments.
+        """
+        if type(fn) is Task:
+            if args or kwargs:
+                raise TypeError("submit(task) takes no further arguments; "
+                                "put them in Task(fn, args, kwargs)")
+            return self.for_task(fn)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable or a Task, got {fn!r}")
+        # TaskQueue.submit has these lines inlined, for its hot path.
+        handle = TaskHandle(callable_name(fn), self.canceller)
+        message = handle._message = Message(fn, args, kwargs or None, handle._name,
+                                            self.policy, handle)
+        message.submitted_at = self.clock()
+        return message
+
+    def for_task(self, task: Task) -> Message:
+        """The message of a :class:`Task`: its options laid over the queue's defaults."""
+        handle = TaskHandle(task.name, self.canceller)
+        message = handle._message = Message(task.fn, task.args, task.kwargs or None, task.name,
+                                            task.policy(self.policy), handle)
+        message.priority = task.priority
+        message.key = task.key
+        message.time_limit = task.time_limit
+        message.task = task
+        message.submitted_at = now = self.clock()
+        if task.delay:
+            message.due = now + task.delay
+        return message

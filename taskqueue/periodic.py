@@ -12,14 +12,34 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import QueueClosed
 from .task import Task, TaskHandle
 
-__all__ = ["Periodic"]
+__all__ = ["Periodic", "periodic_task"]
 
 log = logging.getLogger(__name__)
+
+
+def periodic_task(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Task:
+    """The Task each run of ``every(interval, fn, *args, **kwargs)`` submits.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or a Task came with arguments.
+        ValueError: the Task has a delay or a key (each run is a new task,
+            started when the interval says).
+    """
+    if type(fn) is Task:
+        if args or kwargs:
+            raise TypeError("every(interval, task) takes no further arguments")
+        if fn.delay or fn.key is not None:
+            raise ValueError("every() takes a Task without delay or key: the interval "
+                             "sets when runs start, and each run is a new task")
+        return fn
+    if callable(fn):
+        return Task(fn, args, kwargs)
+    raise TypeError(f"fn must be callable or a Task, got {fn!r}")
 
 
 class Periodic:

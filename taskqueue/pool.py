@@ -31,8 +31,8 @@ from .events import EventKind, Listener, Listeners
 from .journal import Journal, check_durability
 from .lifecycle import Lifecycle
 from .mapping import lazy_map
-from .message import Message
-from .periodic import Periodic
+from .message import Message, MessageMaker
+from .periodic import Periodic, periodic_task
 from .registry import Registry, TaskFunction
 from .retry import Backoff, RandomSource, RetryPolicy, check_retry_on
 from .scheduler import Scheduler
@@ -171,6 +171,7 @@ class TaskQueue(Executor):
         self._broker = broker if broker is not None else MemoryBroker()
         self._settle = Settle(self._broker, self._listeners, clock)
         self._cancel = self._settle.cancel  # one bound method for every handle
+        self._make = MessageMaker(self._policy, self._cancel, clock)
         self._timer = Scheduler(_call, clock=clock, wait=wait, name=f"{self.name}-timer")
         self._lifecycle = Lifecycle(self.name, self._pid, self._broker, self._settle, self._timer)
         self._periodics = self._lifecycle.periodics
@@ -191,7 +192,7 @@ class TaskQueue(Executor):
             wait=wait or _condition_wait,
             exempt=lambda: supervised() or timer.on_timer_thread,
             lookup=_weak_lookup(weakref.ref(self._registry)),
-            message_for=_weak_message_for(weakref.ref(self))))
+            message_for=self._make.for_task))
         self._enqueue = self._broker.enqueue
         self._maxsize = maxsize
         # Dropped without shutdown(), the queue winds its parts down as it is
@@ -297,7 +298,7 @@ class TaskQueue(Executor):
                                                 handle)
             message.submitted_at = self._clock()
         else:
-            message = self._message(fn, args, kwargs)
+            message = self._make.for_call(fn, args, kwargs)
         handle = self._enqueue(message, True, self._submit_timeout)
         if self._listeners.callbacks and handle is message.handle:  # as _accepted, inlined
             self._listeners.emit(_SUBMITTED, handle)
@@ -307,7 +308,7 @@ class TaskQueue(Executor):
         """Like :meth:`submit`, but raise :class:`QueueFull` at once when full."""
         if not self._lifecycle.ready:
             self.start()
-        message = self._message(fn, args, kwargs)
+        message = self._make.for_call(fn, args, kwargs)
         return self._accepted(message, self._enqueue(message, block=False, timeout=None))
 
     def _accepted(self, message: Message, handle: TaskHandle) -> TaskHandle:
@@ -342,34 +343,6 @@ class TaskQueue(Executor):
             lambda: self.submit_nowait(fn, *args, **kwargs),
             self._broker.when_room, QueueFull, self._submit_timeout,
             in_thread=self._broker.blocking_submit)
-
-    def _message(self, fn: Any, args: Tuple[Any, ...], kwargs: dict) -> Message:
-        if type(fn) is Task:
-            if args or kwargs:
-                raise TypeError("submit(task) takes no further arguments; "
-                                "put them in Task(fn, args, kwargs)")
-            return self._message_for(fn)
-        if not callable(fn):
-            raise TypeError(f"fn must be callable or a Task, got {fn!r}")
-        handle = TaskHandle(callable_name(fn), self._cancel)
-        message = handle._message = Message(fn, args, kwargs or None, handle._name,
-                                            self._policy, handle)
-        message.submitted_at = self._clock()
-        return message
-
-    def _message_for(self, task: Task) -> Message:
-        # A Task's message, its options laid over the queue's defaults.
-        handle = TaskHandle(task.name, self._cancel)
-        message = handle._message = Message(task.fn, task.args, task.kwargs or None, task.name,
-                                            task.policy(self._policy), handle)
-        message.priority = task.priority
-        message.key = task.key
-        message.time_limit = task.time_limit
-        message.task = task
-        message.submitted_at = now = self._clock()
-        if task.delay:
-            message.due = now + task.delay
-        return message
 
     def task(self, fn: Optional[Callable[..., Any]] = None, /, *, name: Optional[str] = None,
              **options: Any) -> Any:
@@ -447,17 +420,7 @@ class TaskQueue(Executor):
         interval = validate.optional_positive_seconds("interval", interval)
         if interval is None:
             raise TypeError("interval must be a number of seconds, got None")
-        if type(fn) is Task:
-            if args or kwargs:
-                raise TypeError("every(interval, task) takes no further arguments")
-            if fn.delay or fn.key is not None:
-                raise ValueError("every() takes a Task without delay or key: the interval "
-                                 "sets when runs start, and each run is a new task")
-            task = fn
-        elif callable(fn):
-            task = Task(fn, args, kwargs)
-        else:
-            raise TypeError(f"fn must be callable or a Task, got {fn!r}")
+        task = periodic_task(fn, args, kwargs)
         if not self._lifecycle.ready:
             self.start()
         periodic = Periodic(task, interval, submit=self._submit_run, schedule=self._timer.schedule,
@@ -470,7 +433,7 @@ class TaskQueue(Executor):
         # (it must never block there; at most one run per Periodic is in flight).
         if not self._lifecycle.ready:
             raise self._lifecycle.closed_error()
-        message = self._message_for(task)
+        message = self._make.for_task(task)
         return self._accepted(message, self._enqueue(message, block=True, timeout=None))
 
     # -- waiting and watching ------------------------------------------------------------
@@ -542,7 +505,7 @@ class TaskQueue(Executor):
             raise TypeError(f"dead_letter must be a DeadLetter, got {dead_letter!r}")
         if not self._lifecycle.ready:
             self.start()
-        message = self._message_for(dead_letter.task)
+        message = self._make.for_task(dead_letter.task)
         return self._accepted(message, self._broker.requeue(dead_letter, message, block=True,
                                                             timeout=self._submit_timeout))
 
@@ -623,12 +586,3 @@ def _weak_lookup(registry: "weakref.ref[Registry]") -> Callable[[str], Optional[
         found = registry()
         return None if found is None else found.tasks.get(name)
     return lookup
-
-
-def _weak_message_for(queue: "weakref.ref[TaskQueue]") -> Callable[[Task], Message]:
-    def message_for(task: Task) -> Message:
-        found = queue()
-        if found is None:
-            raise RuntimeError("the queue is gone")
-        return found._message_for(task)
-    return message_for

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, Iterator, List
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -40,6 +41,73 @@ def make_queue() -> Iterator[Callable[..., TaskQueue]]:
     yield make
     for queue in made:
         queue.shutdown(cancel_futures=True, timeout=WAIT)
+
+
+class FakeClock:
+    """The tests' one fake clock: time moves only when a test advances it.
+
+    Pass ``clock=fake, wait=fake.wait`` to a TaskQueue (or a Scheduler):
+    its timer threads then wait on this clock instead of real time.
+    ``advance(seconds)`` moves time on, wakes every timer thread waiting on
+    it, and returns once each has looked at the new time and handed over
+    what fell due (it is waiting again). A test can then assert what did,
+    and did not, happen by that time, with no sleep.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self._now = now
+        self._lock = threading.Condition()
+        self._generation = 0
+        # Each timer thread: the generation it last waited at (-1: busy),
+        # and the condition it waits on.
+        self._timers: Dict[threading.Thread, List[Any]] = {}
+
+    def __call__(self) -> float:
+        return self._now
+
+    def wait(self, condition: threading.Condition, timeout: Optional[float]) -> None:
+        """A timer's wait (called with ``condition`` held): until woken by advance()."""
+        me = threading.current_thread()
+        with self._lock:
+            self._timers[me] = [self._generation, condition]
+            self._lock.notify_all()
+        if timeout is None or timeout > 0:
+            # Real time only as a safety net for a wake that came too early;
+            # advance() wakes it at once.
+            condition.wait(0.05)
+        with self._lock:
+            self._timers[me][0] = -1
+
+    def advance(self, seconds: float) -> None:
+        """Move time on by ``seconds`` and wait until every timer has caught up."""
+        with self._lock:
+            self._now += seconds
+            self._generation += 1
+            generation = self._generation
+            conditions = [condition for _, condition in self._timers.values()]
+        for condition in conditions:
+            with condition:
+                condition.notify_all()
+        me = threading.current_thread()
+
+        def caught_up() -> bool:
+            return all(not thread.is_alive() or thread is me or seen >= generation
+                       for thread, (seen, _) in self._timers.items())
+
+        deadline = time.monotonic() + WAIT
+        with self._lock:
+            # Woken when a timer waits again; looked at again now and then
+            # too, for a timer whose thread ends instead (its queue stopped).
+            while not caught_up():
+                if time.monotonic() > deadline:
+                    raise AssertionError("a timer thread did not catch up with the fake clock")
+                self._lock.wait(0.01)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A FakeClock of this test's own."""
+    return FakeClock()
 
 
 class Gate:

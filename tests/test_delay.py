@@ -4,83 +4,89 @@ from __future__ import annotations
 
 import math
 import threading
-import time
-from typing import Callable, List
+from typing import Any, Callable, List
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, FakeClock, Gate
 from taskqueue import Backoff, EventKind, QueueClosed, Task, TaskQueue, TaskState
 
 pytestmark = pytest.mark.timeout(30)
 
 
 class Stamp:
-    """A task body that records ``time.monotonic()`` when it starts."""
+    """A task body that records the queue's clock when it starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self.starts: List[float] = []
         self.ran = threading.Event()
 
     def __call__(self, value: object = None) -> object:
-        self.starts.append(time.monotonic())
+        self.starts.append(self._clock())
         self.ran.set()
         return value
+
+
+@pytest.fixture
+def driven(make_queue: Callable[..., TaskQueue], fake_clock: FakeClock) -> Callable[..., TaskQueue]:
+    """Queues whose delays wait on the test's fake clock."""
+    def make(**kwargs: Any) -> TaskQueue:
+        kwargs.setdefault("workers", 1)
+        return make_queue(clock=fake_clock, wait=fake_clock.wait, **kwargs)
+    return make
 
 
 # -- state and timing ------------------------------------------------------------
 
 
-def test_a_delayed_task_is_scheduled_until_due_then_runs(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
-    stamp = Stamp()
-    handle = queue.submit(Task(stamp, ("late",), delay=0.3))
+def test_a_delayed_task_is_scheduled_until_due_then_runs(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
+    stamp = Stamp(fake_clock)
+    handle = queue.submit(Task(stamp, ("late",), delay=30))
     assert handle.state is TaskState.SCHEDULED
     assert not handle.running() and not handle.done() and handle.attempts == 0
+    fake_clock.advance(29.999)
+    assert handle.state is TaskState.SCHEDULED and not stamp.starts
+    fake_clock.advance(0.001)
     assert handle.result(WAIT) == "late"
     assert handle.state is TaskState.SUCCEEDED and handle.attempts == 1
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.25])
-def test_a_delayed_task_never_starts_before_its_delay(
-        make_queue: Callable[..., TaskQueue], delay: float) -> None:
-    # An outcome, not a speed: the start is measured against a clock reading
-    # taken before the submit, so start - submit >= delay must hold exactly.
-    queue = make_queue(workers=2)
+@pytest.mark.parametrize("delay", [0.0625, 8.0, 4096.0])  # exact in binary: no rounding
+def test_a_delayed_task_never_starts_before_its_delay(driven: Any, fake_clock: FakeClock,
+                                                      delay: float) -> None:
+    queue = driven(workers=2)
     queue.start()
-    stamps = [Stamp() for _ in range(5)]
-    submitted = []
-    handles = []
-    for stamp in stamps:
-        submitted.append(time.monotonic())
-        handles.append(queue.submit(Task(stamp, delay=delay)))
+    stamps = [Stamp(fake_clock) for _ in range(5)]
+    submitted = fake_clock()
+    handles = [queue.submit(Task(stamp, delay=delay)) for stamp in stamps]
+    fake_clock.advance(delay * 15 / 16)
+    assert all(h.state is TaskState.SCHEDULED for h in handles)
+    fake_clock.advance(delay / 16)
     for handle in handles:
         handle.result(WAIT)
-    for stamp, at in zip(stamps, submitted):
-        assert stamp.starts[0] - at >= delay
+    assert all(stamp.starts[0] - submitted >= delay for stamp in stamps)
 
 
-def test_the_delay_is_measured_on_the_queues_clock(make_queue: Callable[..., TaskQueue]) -> None:
-    # Given a queue whose clock has another epoch than time.monotonic(): a
-    # delay computed on one clock and waited out on another would run at
-    # once or never
-    def clock() -> float:
-        return time.monotonic() + 1000.0
-
-    queue = make_queue(workers=1, clock=clock)
-    queue.start()
-    starts: List[float] = []
-    before = clock()
-    handle = queue.submit(Task(lambda: starts.append(clock()), delay=0.2))
-    # Then it runs, and no earlier than the delay on that clock
+def test_the_delay_is_measured_on_the_queues_clock(driven: Any, fake_clock: FakeClock) -> None:
+    # The fake clock's epoch (1000 s) is not time.monotonic()'s: a delay
+    # computed on one clock and waited out on another would run at once or never.
+    queue = driven()
+    stamp = Stamp(fake_clock)
+    before = fake_clock()
+    handle = queue.submit(Task(stamp, delay=20))
+    fake_clock.advance(10)
+    assert not stamp.ran.is_set()
+    fake_clock.advance(10)
     handle.result(WAIT)
-    assert starts[0] - before >= 0.2
+    assert stamp.starts[0] - before >= 20
 
 
-def test_a_delayed_task_does_not_occupy_a_worker(make_queue: Callable[..., TaskQueue]) -> None:
+def test_a_delayed_task_does_not_occupy_a_worker(driven: Any, fake_clock: FakeClock) -> None:
     # Given one worker and a task delayed far into the future
-    queue = make_queue(workers=1)
-    stamp = Stamp()
+    queue = driven()
+    stamp = Stamp(fake_clock)
     delayed = queue.submit(Task(stamp, delay=60))
     # When other work is submitted, the one worker runs it at once
     assert [queue.submit(pow, 2, i).result(WAIT) for i in range(5)] == [1, 2, 4, 8, 16]
@@ -100,8 +106,8 @@ def test_zero_delay_is_no_delay(make_queue: Callable[..., TaskQueue], gate: Gate
     assert handle.result(WAIT) == 3
 
 
-def test_delayed_tasks_run_in_due_order(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+def test_delayed_tasks_run_in_due_order(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
     order: List[str] = []
     lock = threading.Lock()
 
@@ -110,7 +116,8 @@ def test_delayed_tasks_run_in_due_order(make_queue: Callable[..., TaskQueue]) ->
             order.append(label)
 
     handles = [queue.submit(Task(note, (label,), delay=delay))
-               for label, delay in [("third", 0.3), ("first", 0.1), ("second", 0.2)]]
+               for label, delay in [("third", 3), ("first", 1), ("second", 2)]]
+    fake_clock.advance(3)
     for handle in handles:
         handle.result(WAIT)
     assert order == ["first", "second", "third"]
@@ -120,14 +127,15 @@ def test_delayed_tasks_run_in_due_order(make_queue: Callable[..., TaskQueue]) ->
 
 
 def test_a_delayed_task_counts_as_submitted_and_pending_until_it_runs(
-        make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+        driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
     events: List[EventKind] = []
     queue.add_listener(lambda e: events.append(e.kind))
-    handle = queue.submit(Task(abs, (-1,), delay=0.1))
+    handle = queue.submit(Task(abs, (-1,), delay=10))
     stats = queue.stats()
     assert stats.submitted == 1 and stats.pending == 1 and stats.running == 0
     assert events == [EventKind.SUBMITTED]
+    fake_clock.advance(10)
     assert handle.result(WAIT) == 1
     assert queue.join(WAIT)
     stats = queue.stats()
@@ -136,54 +144,53 @@ def test_a_delayed_task_counts_as_submitted_and_pending_until_it_runs(
 
 
 def test_cancelling_a_delayed_task_counts_it_once_and_never_runs_it(
-        make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
-    stamp = Stamp()
-    handle = queue.submit(Task(stamp, delay=0.2))
+        driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
+    stamp = Stamp(fake_clock)
+    handle = queue.submit(Task(stamp, delay=20))
     assert handle.cancel() and handle.cancel()
     # join returns once the cancelled one is accounted for, before its due time
     assert queue.join(WAIT)
-    # A later task delayed past the cancelled one's due time proves the
-    # scheduler passed that time without running it.
-    after = queue.submit(Task(abs, (-1,), delay=0.4))
-    assert after.result(WAIT) == 1
+    fake_clock.advance(40)  # the scheduler has passed its due time, and run nothing
     assert not stamp.starts
     stats = queue.stats()
-    assert stats.submitted == 2 and stats.cancelled == 1 and stats.succeeded == 1
-    assert stats.pending == 0
+    assert stats.submitted == 1 and stats.cancelled == 1 and stats.pending == 0
 
 
-def test_join_waits_for_delayed_tasks(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
-    stamp = Stamp()
-    handle = queue.submit(Task(stamp, delay=0.2))
+def test_join_waits_for_delayed_tasks(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
+    stamp = Stamp(fake_clock)
+    handle = queue.submit(Task(stamp, delay=20))
+    assert not queue.join(0)
+    fake_clock.advance(20)
     assert queue.join(WAIT)
     assert handle.state is TaskState.SUCCEEDED and stamp.starts
 
 
 def test_retries_of_a_delayed_task_use_the_backoff_not_the_delay(
-        make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+        driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
     starts: List[float] = []
 
     def flaky() -> str:
-        starts.append(time.monotonic())
+        starts.append(fake_clock())
         if len(starts) == 1:
             raise ValueError("once")
         return "ok"
 
-    before = time.monotonic()
-    handle = queue.submit(Task(flaky, delay=0.2, retries=1, backoff=Backoff.none()))
-    assert handle.result(WAIT) == "ok"
-    assert handle.attempts == 2 and starts[0] - before >= 0.2
+    before = fake_clock()
+    handle = queue.submit(Task(flaky, delay=20, retries=1, backoff=Backoff.none()))
+    fake_clock.advance(20)
+    assert handle.result(WAIT) == "ok"  # the retry did not wait for another 20 s
+    assert handle.attempts == 2 and starts[0] - before >= 20 and starts[1] == starts[0]
 
 
 # -- shutdown -------------------------------------------------------------------------
 
 
-def test_shutdown_cancel_futures_cancels_delayed_tasks() -> None:
-    queue = TaskQueue(workers=1)
-    stamp = Stamp()
+def test_shutdown_cancel_futures_cancels_delayed_tasks(fake_clock: FakeClock) -> None:
+    queue = TaskQueue(workers=1, clock=fake_clock, wait=fake_clock.wait)
+    stamp = Stamp(fake_clock)
     handles = [queue.submit(Task(stamp, delay=30)) for _ in range(3)]
     plain = queue.submit(abs, -1)
     plain.result(WAIT)
@@ -194,31 +201,39 @@ def test_shutdown_cancel_futures_cancels_delayed_tasks() -> None:
     assert stats.cancelled == 3 and stats.succeeded == 1 and stats.pending == 0
 
 
-def test_default_shutdown_drain_waits_for_delayed_tasks() -> None:
-    queue = TaskQueue(workers=1)
-    stamp = Stamp()
-    before = time.monotonic()
-    handle = queue.submit(Task(stamp, ("done",), delay=0.3))
-    queue.shutdown()  # wait=True, no cancel: drains what was accepted
+def test_default_shutdown_drain_waits_for_delayed_tasks(fake_clock: FakeClock) -> None:
+    queue = TaskQueue(workers=1, clock=fake_clock, wait=fake_clock.wait)
+    stamp = Stamp(fake_clock)
+    before = fake_clock()
+    handle = queue.submit(Task(stamp, ("done",), delay=30))
+    closer = threading.Thread(target=queue.shutdown)  # wait=True, no cancel: drains
+    closer.start()
+    closer.join(0.05)
+    assert closer.is_alive() and not stamp.starts  # waiting for the delay
+    fake_clock.advance(30)
+    closer.join(WAIT)
+    assert not closer.is_alive()
     assert handle.state is TaskState.SUCCEEDED and handle.result(0) == "done"
-    assert stamp.starts[0] - before >= 0.3
+    assert stamp.starts[0] - before >= 30
     assert queue.stats().pending == 0
 
 
-def test_shutdown_without_wait_still_runs_delayed_tasks_in_the_background() -> None:
-    queue = TaskQueue(workers=1)
-    handle = queue.submit(Task(abs, (-5,), delay=0.2))
+def test_shutdown_without_wait_still_runs_delayed_tasks_in_the_background(
+        fake_clock: FakeClock) -> None:
+    queue = TaskQueue(workers=1, clock=fake_clock, wait=fake_clock.wait)
+    handle = queue.submit(Task(abs, (-5,), delay=20))
     queue.shutdown(wait=False)
+    fake_clock.advance(20)
     assert handle.result(WAIT) == 5
     with pytest.raises(QueueClosed):
-        queue.submit(Task(abs, (-5,), delay=0.2))
+        queue.submit(Task(abs, (-5,), delay=20))
 
 
-def test_shutdown_timeout_cancels_delayed_tasks_that_are_not_due() -> None:
-    queue = TaskQueue(workers=1)
-    stamp = Stamp()
+def test_shutdown_timeout_cancels_delayed_tasks_that_are_not_due(fake_clock: FakeClock) -> None:
+    queue = TaskQueue(workers=1, clock=fake_clock, wait=fake_clock.wait)
+    stamp = Stamp(fake_clock)
     handle = queue.submit(Task(stamp, delay=30))
-    queue.shutdown(timeout=0.1)
+    queue.shutdown(timeout=0)
     assert handle.state is TaskState.CANCELLED and not stamp.starts
 
 

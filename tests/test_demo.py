@@ -9,6 +9,7 @@ from typing import List, Tuple
 
 import pytest
 
+from conftest import FakeClock
 from taskqueue import Event, EventKind
 from taskqueue.demo import (
     LATENCY,
@@ -149,24 +150,14 @@ def test_progress_line_shows_done_retrying_failed_and_rate() -> None:
     assert progress_line(Counts(0, 0, 0, 0), 5, 0.0).endswith("| 0.0/s")
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_plain_display_prints_a_line_about_once_a_second() -> None:
     out, clock = io.StringIO(), FakeClock()
     display = ProgressDisplay(out, False, 10, Tally(), clock=clock)
 
     display.tick()  # the first tick always shows
-    clock.now += 0.5
+    clock.advance(0.5)
     display.tick()  # too soon
-    clock.now += 0.5
+    clock.advance(0.5)
     display.tick()
     display.finish()
 
@@ -183,7 +174,7 @@ def test_terminal_display_rewrites_one_line_and_ends_it() -> None:
     tally(Event(EventKind.RETRYING, object()))  # type: ignore[arg-type]
     display.tick()
     tally(Event(EventKind.RETRYING, object()))  # type: ignore[arg-type]
-    clock.now += 0.2
+    clock.advance(0.2)
     display.tick()
     display.finish()
 
@@ -202,7 +193,7 @@ def test_terminal_display_pads_over_a_longer_previous_line() -> None:
         tally(Event(EventKind.RETRYING, object()))  # type: ignore[arg-type]
     display.tick()  # "retrying 10": one character longer than what follows
     tally(Event(EventKind.SUCCEEDED, handle))  # type: ignore[arg-type]
-    clock.now += 1.0
+    clock.advance(1.0)
     display.tick()
 
     first, second = out.getvalue().split("\r")[1:]

@@ -16,7 +16,7 @@ LAYERS: Dict[str, int] = {
     "validate": 0, "aio": 0, "process": 0,
     "errors": 1,
     "retry": 2, "stats": 2,
-    "task": 3, "message": 3,
+    "task": 3, "message": 4,
     "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 4,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
     "brokers.base": 6,

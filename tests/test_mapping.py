@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, FakeClock, Gate
 from taskqueue import TaskHandle
 from taskqueue.mapping import lazy_map
 
@@ -73,16 +73,6 @@ class RecordingSubmit:
         handle = self._submit(fn, *args)
         self.handles.append(handle)
         return handle
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TimedFuture(cf.Future):
@@ -349,7 +339,7 @@ def test_the_timeout_is_measured_from_the_call_not_per_result() -> None:
     results = lazy_map(submit, square, (range(4),), buffersize=2, timeout=10, clock=clock)
     # When the clock moves 3 seconds before each result is asked for
     for _ in range(4):
-        clock.now += 3
+        clock.advance(3)
         next(results)
     # Then each wait gets what is left of the 10 seconds, and none once past
     assert timeouts == [7.0, 4.0, 1.0, 0.0]
@@ -359,7 +349,7 @@ def test_past_the_deadline_a_ready_result_is_still_handed_out() -> None:
     clock = FakeClock()
     results = lazy_map(FakeSubmit(run=True), square, (range(2),), buffersize=1,
                        timeout=1, clock=clock)
-    clock.now += 5
+    clock.advance(5)
     assert list(results) == [0, 1]
 
 

@@ -1,10 +1,10 @@
 """Periodic work: fixed-rate runs, skipped (never stacked) when busy, stopped by cancel or shutdown.
 
-Where a test must know that some time has passed on the queue's scheduler,
-it submits a delayed task and waits for it: the scheduler hands items over
-in due order, so once that task runs, every tick due before it has been
-handled. Run bodies record ``time.monotonic()``; due times are checked
-against readings taken before and after ``every()`` was called.
+The queues here run on the tests' fake clock: time moves only when a test
+(or a listener standing for a slow hand-over) advances it, and
+``advance()`` returns once the queue's timers have handled everything that
+fell due. Run bodies record the fake clock, so due times are checked
+exactly, with no sleep.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import gc
 import math
 import threading
-import time
 import weakref
 from typing import Any, Callable, List, Tuple
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, FakeClock, Gate
 from taskqueue import Backoff, Event, EventKind, QueueClosed, Task, TaskQueue
 from taskqueue.periodic import Periodic
 
@@ -28,15 +27,17 @@ pytestmark = pytest.mark.timeout(30)
 class Runs:
     """A periodic body: records each run's start and the skipped count it saw.
 
-    ``runs[n - 1]`` is ``(skipped, start)`` for the n-th run; ``reached(n)``
-    is set once n runs have started. Tracks how many runs overlap.
+    ``runs[n - 1]`` is ``(skipped, start)`` for the n-th run, ``start`` on
+    the fake clock; ``reached(n)`` is set once n runs have started. Tracks
+    how many runs overlap.
     """
 
-    def __init__(self, body: Callable[[int], Any] = lambda n: None) -> None:
+    def __init__(self, clock: FakeClock, body: Callable[[int], Any] = lambda n: None) -> None:
         self.periodic: Periodic | None = None
         self.runs: List[Tuple[int, float]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self._clock = clock
         self._body = body
         self._lock = threading.Lock()
         self._reached: dict = {}
@@ -51,7 +52,7 @@ class Runs:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Read skipped before the clock: every tick it counts was due before now.
         skipped = self.periodic.skipped if self.periodic is not None else 0
-        start = time.monotonic()
+        start = self._clock()
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -67,56 +68,77 @@ class Runs:
                 self.in_flight -= 1
 
 
+@pytest.fixture
+def driven(make_queue: Callable[..., TaskQueue], fake_clock: FakeClock) -> Callable[..., TaskQueue]:
+    """Queues whose timers run on the test's fake clock."""
+    def make(**kwargs: Any) -> TaskQueue:
+        kwargs.setdefault("workers", 2)
+        return make_queue(clock=fake_clock, wait=fake_clock.wait, **kwargs)
+    return make
+
+
 def start_every(queue: TaskQueue, interval: float, runs: Runs, *args: Any, **kwargs: Any
-                ) -> Tuple[Periodic, float, float]:
+                ) -> Tuple[Periodic, float]:
     queue.start()
-    before = time.monotonic()
     periodic = queue.every(interval, runs, *args, **kwargs)
-    after = time.monotonic()
     runs.periodic = periodic
-    return periodic, before, after
+    return periodic, runs._clock()
 
 
-def assert_on_the_grid(runs: Runs, interval: float, before: float, after: float, late: float) -> None:
+def tick_until(queue: TaskQueue, clock: FakeClock, interval: float, event: threading.Event,
+               most: int = 100) -> int:
+    """Advance one interval at a time until ``event`` is set; return how many intervals.
+
+    After each step it waits for the queue to be idle: what fell due has run.
+    """
+    for ticks in range(1, most + 1):
+        clock.advance(interval)
+        assert queue.join(WAIT)
+        if event.is_set():
+            return ticks
+    raise AssertionError("the event never came")
+
+
+def assert_on_the_grid(runs: Runs, interval: float, start: float, late: float) -> None:
     """Run n started at or after its due time, start + T * interval, and less than ``late`` after it.
 
     T = n + the skips seen at its start: every tick up to T was either run or
     skipped before run n began. A rate that drifts (each due time measured
     from the previous hand-over) makes the lateness grow run by run.
     """
-    for n, (skipped, start) in enumerate(runs.runs, 1):
+    for n, (skipped, begun) in enumerate(runs.runs, 1):
         tick = n + skipped
-        assert start >= before + tick * interval, f"run {n} started before tick {tick} was due"
-        assert start < after + tick * interval + late, (
-            f"run {n} started {start - after - tick * interval:.3f}s after tick {tick} was due")
-
-
-def wait_on_the_scheduler(queue: TaskQueue, seconds: float) -> None:
-    """Return once the queue's scheduler has handled everything due ``seconds`` from now."""
-    assert queue.submit(Task(abs, (-1,), delay=seconds)).result(WAIT) == 1
+        assert begun >= start + tick * interval, f"run {n} started before tick {tick} was due"
+        assert begun < start + tick * interval + late, (
+            f"run {n} started {begun - start - tick * interval:.3f}s after tick {tick} was due")
 
 
 # -- runs and their due times ----------------------------------------------------------
 
 
 def test_every_runs_the_function_with_its_arguments_and_counts_runs(
-        make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=2)
+        driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
     seen: List[Tuple[Any, ...]] = []
-    runs = Runs(lambda n: seen.append(n))
-    periodic, _, _ = start_every(queue, 0.03, runs, 1, two=2)
-    assert isinstance(periodic, Periodic) and periodic.interval == 0.03
-    assert runs.reached(5).wait(WAIT)
+    runs = Runs(fake_clock, lambda n: seen.append(n))
+    periodic, _ = start_every(queue, 30, runs, 1, two=2)
+    assert isinstance(periodic, Periodic) and periodic.interval == 30
+    fake_clock.advance(29)
+    assert not runs.runs  # the first run is due one interval after every()
+    assert tick_until(queue, fake_clock, 1, runs.reached(1)) == 1
+    for n in range(2, 6):
+        fake_clock.advance(30)
+        assert runs.reached(n).wait(WAIT)
     periodic.cancel()
     queue.shutdown()
-    assert periodic.runs == len(runs.runs) >= 5
+    assert periodic.runs == len(runs.runs) == 5
     stats = queue.stats()
     assert stats.submitted == stats.succeeded == periodic.runs
     assert periodic.last is not None and periodic.last.result(0) is None
 
 
-def test_every_passes_args_and_kwargs(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+def test_every_passes_args_and_kwargs(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven(workers=1)
     got: List[Any] = []
     done = threading.Event()
 
@@ -124,116 +146,129 @@ def test_every_passes_args_and_kwargs(make_queue: Callable[..., TaskQueue]) -> N
         got.append((args, kwargs))
         done.set()
 
-    periodic = queue.every(0.02, body, 1, "a", key="v")
+    periodic = queue.every(2, body, 1, "a", key="v")
+    fake_clock.advance(2)
     assert done.wait(WAIT)
     periodic.cancel()
     assert got[0] == ((1, "a"), {"key": "v"})
 
 
-def test_every_run_starts_at_or_after_its_due_time(make_queue: Callable[..., TaskQueue]) -> None:
-    # Given runs that themselves take half the interval
-    queue = make_queue(workers=2)
-    runs = Runs(lambda n: time.sleep(0.04))  # the run's own duration is the scenario
-    interval = 0.08
-    periodic, before, after = start_every(queue, interval, runs)
-    assert runs.reached(10).wait(WAIT)
+def test_every_run_starts_on_its_due_time_however_long_runs_take(
+        driven: Any, fake_clock: FakeClock) -> None:
+    # Given runs that themselves take half the interval (of the fake clock)
+    queue = driven()
+    interval = 8.0
+    runs = Runs(fake_clock, lambda n: fake_clock.advance(interval / 2))
+    periodic, start = start_every(queue, interval, runs)
+    fake_clock.advance(interval)
+    for n in range(1, 11):
+        assert runs.reached(n).wait(WAIT)
+        assert queue.join(WAIT)  # the run has taken its half interval
+        if n < 10:
+            fake_clock.advance(interval / 2)  # and this is the rest of it
     periodic.cancel()
-    # Then every run began on the fixed grid start + T * interval, never early,
-    # and the 10th no later than a generous bound after its due time: the
+    # Then every run began exactly on the fixed grid start + T * interval: the
     # runs' durations did not push the rate back
-    assert_on_the_grid(runs, interval, before, after, late=0.5)
-    skipped10, start10 = runs.runs[9]
-    assert start10 < after + (10 + skipped10) * interval + 0.5
+    assert [begun for _, begun in runs.runs] == [start + n * interval for n in range(1, 11)]
     assert runs.max_in_flight == 1
 
 
-def test_a_slow_hand_over_does_not_accumulate_drift(make_queue: Callable[..., TaskQueue]) -> None:
+def test_a_slow_hand_over_does_not_accumulate_drift(driven: Any, fake_clock: FakeClock) -> None:
     # Given a listener that makes every hand-over of a run take most of an
-    # interval (it runs on the scheduler's thread, after the run is queued)
-    queue = make_queue(workers=2)
-    interval = 0.1
+    # interval (it runs on the timer's thread, as the run is queued)
+    queue = driven()
+    interval = 10.0
 
     def slow_listener(event: Event) -> None:
         if event.kind is EventKind.SUBMITTED:
-            time.sleep(0.07)  # a slow hand-over is the scenario
+            fake_clock.advance(7.0)  # a slow hand-over is the scenario
 
     queue.add_listener(slow_listener)
-    runs = Runs()
-    periodic, before, after = start_every(queue, interval, runs)
-    # When twelve runs have started
-    assert runs.reached(12).wait(WAIT)
+    runs = Runs(fake_clock)
+    periodic, start = start_every(queue, interval, runs)
+    # When twelve runs have started, the test moving time on by what is left
+    # of each interval
+    fake_clock.advance(interval)
+    for n in range(1, 13):
+        assert runs.reached(n).wait(WAIT)
+        fake_clock.advance(interval - 7.0)
     periodic.cancel()
-    # Then each still started near its own due time
-    assert_on_the_grid(runs, interval, before, after, late=0.5)
-    # and the 12th within a generous bound of start + 12 intervals: had each
-    # due time been measured from the last hand-over, 11 * 0.07 s would have
-    # accumulated by now (a machine stalled long enough to skip 5 ticks
-    # could fail this; the hand-overs alone leave 0.03 s of slack a tick)
-    assert runs.runs[11][1] < after + 12 * interval + 0.5
+    # Then each started within its own interval: had each due time been
+    # measured from the last hand-over, 7 s a run would have accumulated
+    assert_on_the_grid(runs, interval, start, late=interval)
+    assert all(skipped == 0 for skipped, _ in runs.runs)
 
 
 def test_a_stalled_hand_over_resumes_on_the_grid_without_a_burst(
-        make_queue: Callable[..., TaskQueue]) -> None:
-    # Given a first hand-over that holds the scheduler for 3.5 intervals
-    queue = make_queue(workers=2)
-    interval = 0.1
-    stall_ended: List[float] = []
+        driven: Any, fake_clock: FakeClock) -> None:
+    # Given a first hand-over that holds the timer for 3.5 intervals
+    queue = driven()
+    interval = 10.0
 
     def stalling_listener(event: Event) -> None:
-        if event.kind is EventKind.SUBMITTED and not stall_ended:
-            time.sleep(3.5 * interval)  # the stall is the scenario
-            stall_ended.append(time.monotonic())
+        if event.kind is EventKind.SUBMITTED and len(stalls) == 0:
+            stalls.append(fake_clock())
+            fake_clock.advance(3.5 * interval)  # the stall is the scenario
 
+    stalls: List[float] = []
     queue.add_listener(stalling_listener)
-    runs = Runs()
-    periodic, before, after = start_every(queue, interval, runs)
-    # When the runs after the stall have started
-    assert runs.reached(3).wait(WAIT)
+    runs = Runs(fake_clock)
+    periodic, start = start_every(queue, interval, runs)
+    fake_clock.advance(interval)
+    assert runs.reached(1).wait(WAIT)
+    # When time goes on to the next grid point after the stall (it ended at
+    # start + 4.5 intervals: the next is start + 5)
+    assert fake_clock() == start + 4.5 * interval
+    fake_clock.advance(0.5 * interval)
+    assert runs.reached(2).wait(WAIT)
     periodic.cancel()
     # Then the ticks missed during the stall were counted as skipped, not
-    # fired late one after another, and the next run waited for the next
+    # fired late one after another, and the second run waited for the next
     # due time on the original grid
     skipped, second = runs.runs[1]
-    assert skipped >= 3
-    next_grid_point = before + math.ceil((stall_ended[0] - after) / interval) * interval
-    assert second >= next_grid_point
-    assert_on_the_grid(runs, interval, before, after, late=0.5)
+    assert skipped == 3 and periodic.runs == 2
+    assert second == start + 5 * interval
+    assert runs.runs[0][1] >= start + interval  # the first ran once due (the stall came after)
 
 
 # -- busy runs are skipped, never stacked ------------------------------------------------
 
 
 def test_a_run_held_at_a_gate_makes_later_ticks_skipped_not_stacked(
-        make_queue: Callable[..., TaskQueue], gate: Gate) -> None:
+        driven: Any, fake_clock: FakeClock, gate: Gate) -> None:
     # Given a periodic whose first run blocks at a gate, and a spare worker
-    queue = make_queue(workers=3)
-    interval = 0.03
-    runs = Runs(lambda n: gate.wait() if n == 1 else None)
-    periodic, before, after = start_every(queue, interval, runs)
+    queue = driven(workers=3)
+    interval = 3.0
+    runs = Runs(fake_clock, lambda n: gate.wait() if n == 1 else None)
+    periodic, start = start_every(queue, interval, runs)
+    fake_clock.advance(interval)
     gate.wait_for_arrivals(1)
-    # When at least ten more intervals pass on the queue's scheduler
-    wait_on_the_scheduler(queue, 10 * interval)
+    # When ten more intervals pass
+    for _ in range(10):
+        fake_clock.advance(interval)
     # Then those ticks were skipped and counted, and no run was queued for them
-    assert periodic.skipped >= 8
+    assert periodic.skipped == 10
     assert periodic.runs == 1 and len(runs.runs) == 1
-    assert queue.stats().submitted == 2  # the held run and the scheduler wait
-    assert queue.stats().pending == 0
+    assert queue.stats().submitted == 1 and queue.stats().pending == 0
     # When the gate opens, runs resume on the grid, one at a time
     gate.open()
-    assert runs.reached(4).wait(WAIT)
+    assert queue.join(WAIT)
+    for n in range(2, 5):
+        fake_clock.advance(interval)
+        assert runs.reached(n).wait(WAIT)
     periodic.cancel()
     queue.shutdown()
     assert runs.max_in_flight == 1
-    assert_on_the_grid(runs, interval, before, after, late=1.0)
-    assert periodic.runs == len(runs.runs)
-    # and runs plus skips never exceed the ticks that were due
-    assert periodic.runs + periodic.skipped <= (time.monotonic() - before) / interval + 1
+    assert_on_the_grid(runs, interval, start, late=interval)
+    assert periodic.runs == len(runs.runs) == 4
+    # and runs plus skips are exactly the ticks that were due
+    assert periodic.runs + periodic.skipped == round((fake_clock() - start) / interval)
 
 
-def test_a_run_waiting_for_a_retry_counts_as_busy(make_queue: Callable[..., TaskQueue]) -> None:
+def test_a_run_waiting_for_a_retry_counts_as_busy(driven: Any, fake_clock: FakeClock) -> None:
     # Given a periodic run that fails once and waits ten intervals for its retry
-    queue = make_queue(workers=2)
-    interval = 0.03
+    queue = driven()
+    interval = 3.0
     seen: List[Tuple[int, int, int]] = []
 
     def body(n: int) -> None:
@@ -241,47 +276,55 @@ def test_a_run_waiting_for_a_retry_counts_as_busy(make_queue: Callable[..., Task
             raise ValueError("first attempt fails")
         seen.append((n, periodic.skipped, queue.stats().submitted))
 
-    runs = Runs(body)
+    runs = Runs(fake_clock, body)
     task = Task(runs, retries=1, backoff=Backoff.constant(10 * interval))
     queue.start()
     periodic = queue.every(interval, task)
     runs.periodic = periodic
-    # When the retry runs (it is the second call)
+    # When the retry runs (it is the second call), ten intervals later
+    fake_clock.advance(interval)
+    assert runs.reached(1).wait(WAIT) and queue.join(0) is False
+    for _ in range(10):
+        fake_clock.advance(interval)
     assert runs.reached(2).wait(WAIT)
     periodic.cancel()
     queue.shutdown()
     # Then the ticks during the backoff were skipped, and no other run was queued
     n, skipped, submitted = seen[0]
-    assert n == 2 and skipped >= 8 and submitted == 1
+    assert n == 2 and skipped >= 9 and submitted == 1
 
 
 # -- stopping -----------------------------------------------------------------------------
 
 
-def test_cancel_stops_further_runs(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=2)
-    interval = 0.02
-    runs = Runs()
-    periodic, _, _ = start_every(queue, interval, runs)
-    assert runs.reached(3).wait(WAIT)
+def test_cancel_stops_further_runs(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven()
+    interval = 2.0
+    runs = Runs(fake_clock)
+    periodic, _ = start_every(queue, interval, runs)
+    for n in range(1, 4):
+        fake_clock.advance(interval)
+        assert runs.reached(n).wait(WAIT)
     # When it is cancelled
     periodic.cancel()
     assert periodic.cancelled
     at_cancel = len(runs.runs)
-    # Then over the next ten intervals at most the one run already on its way starts
-    wait_on_the_scheduler(queue, 10 * interval)
+    # Then over the next ten intervals no run starts
+    for _ in range(10):
+        fake_clock.advance(interval)
     assert queue.join(WAIT)
-    assert len(runs.runs) <= at_cancel + 1
-    assert periodic.runs == len(runs.runs)
+    assert len(runs.runs) == at_cancel == periodic.runs
     periodic.cancel()  # idempotent
     assert "cancelled" in repr(periodic)
 
 
-def test_shutdown_stops_periodic_runs() -> None:
-    queue = TaskQueue(workers=2, name="ticking")
-    runs = Runs()
-    periodic, _, _ = start_every(queue, 0.02, runs)
-    assert runs.reached(3).wait(WAIT)
+def test_shutdown_stops_periodic_runs(fake_clock: FakeClock) -> None:
+    queue = TaskQueue(workers=2, name="ticking", clock=fake_clock, wait=fake_clock.wait)
+    runs = Runs(fake_clock)
+    periodic, _ = start_every(queue, 2, runs)
+    for n in range(1, 4):
+        fake_clock.advance(2)
+        assert runs.reached(n).wait(WAIT)
     # When the queue shuts down (draining)
     queue.shutdown()
     # Then the periodic is cancelled, every run submitted ran, and the timer is gone
@@ -289,13 +332,14 @@ def test_shutdown_stops_periodic_runs() -> None:
     assert periodic.runs == len(runs.runs) == queue.stats().submitted == queue.stats().succeeded
     assert not [t for t in threading.enumerate() if t.name.startswith("ticking-")]
     with pytest.raises(QueueClosed):
-        queue.every(0.02, runs)
+        queue.every(2, runs)
 
 
-def test_shutdown_drains_a_run_in_progress(gate: Gate) -> None:
-    queue = TaskQueue(workers=1)
-    runs = Runs(lambda n: gate.wait())
-    periodic, _, _ = start_every(queue, 0.02, runs)
+def test_shutdown_drains_a_run_in_progress(fake_clock: FakeClock, gate: Gate) -> None:
+    queue = TaskQueue(workers=1, clock=fake_clock, wait=fake_clock.wait)
+    runs = Runs(fake_clock, lambda n: gate.wait())
+    periodic, _ = start_every(queue, 2, runs)
+    fake_clock.advance(2)
     gate.wait_for_arrivals(1)
     closer = threading.Thread(target=queue.shutdown)
     closer.start()
@@ -307,11 +351,13 @@ def test_shutdown_drains_a_run_in_progress(gate: Gate) -> None:
     assert periodic.runs == len(runs.runs)
 
 
-def test_shutdown_cancel_futures_stops_a_periodic(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
-    runs = Runs()
-    periodic, _, _ = start_every(queue, 0.02, runs)
-    assert runs.reached(2).wait(WAIT)
+def test_shutdown_cancel_futures_stops_a_periodic(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven(workers=1)
+    runs = Runs(fake_clock)
+    periodic, _ = start_every(queue, 2, runs)
+    for n in range(1, 3):
+        fake_clock.advance(2)
+        assert runs.reached(n).wait(WAIT)
     queue.shutdown(cancel_futures=True)
     assert periodic.cancelled
     stats = queue.stats()
@@ -323,9 +369,9 @@ def test_shutdown_cancel_futures_stops_a_periodic(make_queue: Callable[..., Task
 
 
 def test_a_failing_periodic_run_is_retried_then_dead_lettered(
-        make_queue: Callable[..., TaskQueue]) -> None:
+        driven: Any, fake_clock: FakeClock) -> None:
     # Given a periodic function that always fails, with one retry per run
-    queue = make_queue(workers=2)
+    queue = driven(workers=2)
     failed = threading.Event()
     failures: List[Event] = []
 
@@ -340,10 +386,10 @@ def test_a_failing_periodic_run_is_retried_then_dead_lettered(
     def always_fails() -> None:
         raise ValueError("no")
 
-    periodic = queue.every(0.03, Task(always_fails, retries=1, backoff=Backoff.none(),
-                                      name="nightly"))
+    periodic = queue.every(3, Task(always_fails, retries=1, backoff=Backoff.none(),
+                                   name="nightly"))
     # When two runs have failed for good
-    assert failed.wait(WAIT)
+    tick_until(queue, fake_clock, 3, failed)
     periodic.cancel()
     queue.shutdown()
     # Then each was retried once, dead-lettered, and counted
@@ -355,8 +401,8 @@ def test_a_failing_periodic_run_is_retried_then_dead_lettered(
     assert all(l.task.name == "nightly" for l in letters)
 
 
-def test_a_periodic_run_uses_the_queue_retry_defaults(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1, retries=2, backoff=Backoff.none())
+def test_a_periodic_run_uses_the_queue_retry_defaults(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven(workers=1, retries=2, backoff=Backoff.none())
     calls: List[int] = []
     done = threading.Event()
 
@@ -367,7 +413,8 @@ def test_a_periodic_run_uses_the_queue_retry_defaults(make_queue: Callable[..., 
         done.set()
         return "ok"
 
-    periodic = queue.every(0.02, flaky)
+    periodic = queue.every(2, flaky)
+    fake_clock.advance(2)
     assert done.wait(WAIT)
     periodic.cancel()
     queue.shutdown()
@@ -375,8 +422,8 @@ def test_a_periodic_run_uses_the_queue_retry_defaults(make_queue: Callable[..., 
     assert first.failed == 0 and first.retried == 2 and first.succeeded == periodic.runs
 
 
-def test_periodic_runs_emit_events(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+def test_periodic_runs_emit_events(driven: Any, fake_clock: FakeClock) -> None:
+    queue = driven(workers=1)
     kinds: List[EventKind] = []
     got = threading.Event()
 
@@ -386,7 +433,8 @@ def test_periodic_runs_emit_events(make_queue: Callable[..., TaskQueue]) -> None
             got.set()
 
     queue.add_listener(listen)
-    periodic = queue.every(0.02, abs, -1)
+    periodic = queue.every(2, abs, -1)
+    fake_clock.advance(2)
     assert got.wait(WAIT)
     periodic.cancel()
     assert {EventKind.SUBMITTED, EventKind.STARTED, EventKind.SUCCEEDED} <= set(kinds)
@@ -428,14 +476,14 @@ def test_every_refuses_a_task_with_a_delay_or_a_key(make_queue) -> None:
 
 
 def test_a_cancelled_periodic_is_let_go_with_its_arguments_and_last_result(
-        make_queue: Callable[..., TaskQueue]) -> None:
+        driven: Any, fake_clock: FakeClock) -> None:
     # A cancelled Periodic used to stay referenced by its queue for the
     # queue's life: 20,000 every() + cancel() kept 20,000 of them, each with
     # its function, arguments and last result.
     class Report:
         pass
 
-    queue = make_queue(workers=1)
+    queue = driven(workers=1)
     payload = Report()
     payload_ref = weakref.ref(payload)
     ran = threading.Event()
@@ -444,7 +492,8 @@ def test_a_cancelled_periodic_is_let_go_with_its_arguments_and_last_result(
         ran.set()
         return report
 
-    periodic = queue.every(0.01, body, payload)
+    periodic = queue.every(1, body, payload)
+    fake_clock.advance(1)
     assert ran.wait(WAIT)
     periodic.cancel()
     assert queue.join(WAIT)

@@ -10,7 +10,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-from conftest import WAIT, Gate
+from conftest import WAIT, FakeClock, Gate
 from taskqueue import Backoff, EventKind, QueueFull, Task, TaskHandle, TaskQueue, TaskState
 
 pytestmark = pytest.mark.timeout(30)
@@ -368,13 +368,17 @@ def test_racing_resubmits_after_the_end_never_run_two_at_once(
 # -- keys with delays ------------------------------------------------------------------------
 
 
-def test_a_delayed_keyed_task_holds_its_key_until_it_has_run(make_queue: Callable[..., TaskQueue]) -> None:
-    queue = make_queue(workers=1)
+def test_a_delayed_keyed_task_holds_its_key_until_it_has_run(
+        make_queue: Callable[..., TaskQueue], fake_clock: FakeClock) -> None:
+    queue = make_queue(workers=1, clock=fake_clock, wait=fake_clock.wait)
     calls = Calls()
-    delayed = queue.submit(Task(calls, ("delayed",), key="later", delay=0.2))
+    delayed = queue.submit(Task(calls, ("delayed",), key="later", delay=20))
     assert delayed.state is TaskState.SCHEDULED
     assert queue.submit(Task(calls, ("dup",), key="later")) is delayed
     assert queue.submit(Task(calls, ("dup",), key="later", delay=5)) is delayed
+    fake_clock.advance(19)
+    assert queue.submit(Task(calls, ("dup",), key="later")) is delayed
+    fake_clock.advance(1)
     assert delayed.result(WAIT) == "delayed"
     after = queue.submit(Task(calls, ("after",), key="later"))
     assert after is not delayed and after.result(WAIT) == "after"

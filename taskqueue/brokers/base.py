@@ -159,8 +159,17 @@ class Consumer(abc.ABC):
         """The last step of a terminal task held by this consumer."""
 
     @abc.abstractmethod
+    def flush(self) -> None:
+        """Make the acknowledgements this consumer made count now.
+
+        A consumer may hold them back until its next :meth:`receive` (the
+        in-memory one pays them with its next get); a worker that will not
+        receive again, and a test driving a consumer by hand, flush.
+        """
+
+    @abc.abstractmethod
     def crashed(self) -> None:
-        """This consumer's worker died: put back what it held, so nothing is lost."""
+        """This consumer's worker died: flush, and put back what it held, so nothing is lost."""
 
 
 class Broker(abc.ABC):

@@ -352,11 +352,15 @@ class MemoryConsumer(Consumer):
         self._unacked += 1
         self.current = None
 
+    def flush(self) -> None:
+        """Mark done on the queue the tasks acknowledged since the last receive."""
+        if self._unacked:
+            unacked, self._unacked = self._unacked, 0
+            self._work.task_done(unacked)
+
     def crashed(self) -> None:
         """Pay what is owed and put back what this consumer held: it may run twice, never lost."""
-        if self._unacked:
-            self._work.task_done(self._unacked)
-            self._unacked = 0
+        self.flush()
         message, self.current = self.current, None
         if message is None:
             return
