@@ -62,3 +62,18 @@ def test_the_documented_signatures() -> None:
     assert shutdown["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
     backoff = taskqueue.Backoff()
     assert (backoff.base, backoff.factor, backoff.max, backoff.jitter) == (0.1, 2.0, 30.0, True)
+
+
+def test_every_subpackage_is_in_the_built_package() -> None:
+    # An install (not editable) ships what setup.cfg lists: a subpackage
+    # left out of it installs a taskqueue that cannot be imported.
+    import configparser
+    import fnmatch
+
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    assert config["options"]["packages"].strip() == "find:"
+    patterns = config["options.packages.find"]["include"].replace(",", " ").split()
+    for init in PACKAGE.rglob("__init__.py"):
+        name = ".".join(init.parent.relative_to(PACKAGE.parent).parts)
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
