@@ -101,7 +101,12 @@ class Lifecycle:
         self.refuse_if_forked()
         if self._broken is not None:
             raise self._broken
-        if self.phase == CLOSED or process.exiting():
+        if process.exiting():
+            # Caused by the interpreter's exit, in CPython's own words: code
+            # (and logs) that look for its RuntimeError find it, and the
+            # error raised is still a QueueClosed.
+            raise self.closed_error() from RuntimeError(process.EXIT_MESSAGE)
+        if self.phase == CLOSED:
             raise self.closed_error()
 
     def closed_error(self) -> QueueClosed:

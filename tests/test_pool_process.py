@@ -147,6 +147,7 @@ def test_submit_after_the_exit_drain_says_so_as_cpython_does() -> None:
             except RuntimeError as exc:
                 from taskqueue import QueueClosed
                 print("refused", isinstance(exc, QueueClosed), exc, flush=True)
+                print("cause", type(exc.__cause__).__name__, exc.__cause__, flush=True)
             try:
                 TaskQueue(workers=1).submit(id, None)
             except RuntimeError as exc:
@@ -159,7 +160,8 @@ def test_submit_after_the_exit_drain_says_so_as_cpython_does() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("refused True ")
     assert "cannot schedule new futures after interpreter shutdown" in lines[0]
-    assert "cannot schedule new futures after interpreter shutdown" in lines[1]
+    assert lines[1] == "cause RuntimeError cannot schedule new futures after interpreter shutdown"
+    assert "cannot schedule new futures after interpreter shutdown" in lines[2]
 
 
 @pytest.mark.timeout(60)
