@@ -10,6 +10,8 @@ The tree::
                +-- QueueClosed (RuntimeError)  the queue no longer accepts work
                |    +-- QueueBroken (BrokenThreadPool)  a worker's initializer failed
                +-- Retry                 raised *by a task* to ask for a retry
+               +-- TaskFailed            a task failed in another process (its error as text)
+               +-- BrokerError           a broker's server cannot be used (names the server)
                +-- JournalError          a journal file cannot be used (names the file)
                     +-- JournalLocked    another queue has the journal open
 
@@ -31,7 +33,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from .validate import optional_seconds
 
 __all__ = ["TaskQueueError", "QueueFull", "QueueClosed", "QueueBroken", "Retry",
-           "TimeLimitExceeded", "JournalError", "JournalLocked"]
+           "TimeLimitExceeded", "JournalError", "JournalLocked", "TaskFailed", "BrokerError"]
 
 
 class TaskQueueError(Exception):
@@ -78,6 +80,41 @@ class Retry(TaskQueueError):
         if self.delay is None:
             return "task asked for a retry"
         return f"task asked for a retry in {self.delay}s"
+
+
+class TaskFailed(TaskQueueError):
+    """Raised by ``result()`` for a task that failed in another process.
+
+    Its message carries the remote exception's type, message and traceback
+    text; the exception itself never crosses processes (no pickle).
+
+    Args:
+        type_name: the remote exception's type, qualified (``"ValueError"``).
+        message: ``str()`` of the remote exception.
+        traceback: the remote exception's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(type_name, message, traceback)
+        self.type_name = type_name
+        """The remote exception's type name."""
+        self.message = message
+        """The remote exception's message."""
+        self.traceback = traceback
+        """The remote exception's formatted traceback (may be empty)."""
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        if self.traceback:
+            text += f"\n\nRemote traceback:\n{self.traceback.rstrip()}"
+        return text
+
+
+class BrokerError(TaskQueueError):
+    """Raised when a broker's server cannot be reached or answers with an error.
+
+    The message names the server (never its password).
+    """
 
 
 class JournalError(TaskQueueError):

@@ -39,7 +39,7 @@ __all__ = ["Lifecycle"]
 
 log = logging.getLogger(__name__)
 
-NEW, RUNNING, CLOSED = "new", "running", "closed"
+NEW, OPEN, RUNNING, CLOSED = "new", "open", "running", "closed"
 
 
 class Lifecycle:
@@ -66,7 +66,10 @@ class Lifecycle:
         self._timer = timer
         self._lock = threading.Lock()
         self.phase = NEW
-        """``"new"``, ``"running"`` or ``"closed"``."""
+        """``"new"``, ``"open"`` (taking tasks, not running them here), ``"running"``
+        or ``"closed"``."""
+        self.consuming = False
+        """Whether this process runs the queue's workers."""
         self.ready = False
         """True only while accepting: the one check on submit's fast path."""
         self.forked = False
@@ -79,22 +82,31 @@ class Lifecycle:
 
     # -- starting -----------------------------------------------------------------------
 
-    def start(self) -> bool:
-        """Start the threads; True if this call started them (False: they ran already).
+    def start(self, consume: bool = True) -> bool:
+        """Get the queue going; True if this call started it (False: it ran already).
+
+        Args:
+            consume: start the workers too. A queue on a shared broker
+                consumes only where its ``start()`` is called: a submit
+                opens only the broker's producer side (``consume=False``).
 
         Raises:
             QueueClosed: the queue was shut down, is broken, or belongs to a parent process.
         """
         with self._lock:
             self.check_usable()
-            if self.phase != NEW:
-                return False
-            self._timer.start()
-            self.supervisor.start()
-            self._broker.start()
-            self.phase = RUNNING
-            self.ready = True
-            return True
+            first = self.phase == NEW
+            if first:
+                self._broker.open()
+                self.phase = OPEN
+                self.ready = True
+            if consume and not self.consuming:
+                self._timer.start()
+                self._broker.start()  # before the workers: they receive from it at once
+                self.supervisor.start()
+                self.consuming = True
+                self.phase = RUNNING
+            return first
 
     def check_usable(self) -> None:
         """Raise the error a caller gets from a queue it may not use (none if it may)."""

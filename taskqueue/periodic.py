@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import QueueClosed
@@ -56,6 +57,11 @@ class Periodic:
             and returns a token for ``unschedule``.
         unschedule: ``unschedule(token)`` drops a scheduled callback.
         clock: the clock due times are measured on.
+        claim: on a shared broker, ``claim(name, tick, interval) -> bool``
+            says whether this process runs tick number ``tick`` (of a grid
+            of the wall clock's multiples of ``interval``): every process
+            that consumes fires each tick, one of them runs it.
+        wall: the wall clock that grid is of (``time.time``).
 
     Once cancelled, nothing of the queue refers to it any more: the tick it
     had scheduled is dropped at once, not kept until it would have fired.
@@ -70,6 +76,8 @@ class Periodic:
         schedule: Callable[[Callable[[], None], float], Any],
         unschedule: Callable[[Any], object],
         clock: Callable[[], float],
+        claim: Optional[Callable[[str, int, float], bool]] = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.task = task
         """The work each run does."""
@@ -79,8 +87,17 @@ class Periodic:
         self._schedule = schedule
         self._unschedule = unschedule
         self._clock = clock
+        self._claim = claim
         self._lock = threading.Lock()
         self._start = clock()
+        self._epoch = 0  # the number of the tick before the first, on a shared grid
+        if claim is not None:
+            # On a shared broker the grid is the wall clock's multiples of the
+            # interval, the same in every process, and each tick is claimed:
+            # the process that claims it first runs it.
+            now_wall = wall()
+            self._epoch = int(now_wall // interval)
+            self._start -= now_wall - self._epoch * interval
         self._tick = 1  # the due time now scheduled: start + tick * interval
         self._runs = 0
         self._skipped = 0
@@ -127,7 +144,8 @@ class Periodic:
             busy = self._last is not None and not self._last.done()
             if busy:
                 self._skipped += 1
-        handle = None if busy else self._submit_run()
+        ours = busy or self._claim is None or self._claim_tick()
+        handle = None if busy or not ours else self._submit_run()
         with self._lock:
             if handle is not None:
                 self._last = handle
@@ -135,6 +153,16 @@ class Periodic:
             self._timer = None
             if not self._cancelled:
                 self._timer = self._schedule(self._fire, self._next_due())
+
+    def _claim_tick(self) -> bool:
+        # Whether this process runs this tick (another may have claimed it).
+        try:
+            return self._claim(f"{self.task.name}@{self.interval}", self._epoch + self._tick,  # type: ignore[misc]
+                               self.interval)
+        except Exception:
+            log.exception("periodic %s could not claim its tick; it is skipped here",
+                          self.task.name)
+            return False
 
     def _submit_run(self) -> Optional[TaskHandle]:
         try:

@@ -128,7 +128,11 @@ class TaskQueue(Executor):
         initializer: Optional[Callable[..., object]] = None,
         initargs: Tuple[Any, ...] = (),
     ) -> None:
-        workers = _check_workers(workers, max_workers)
+        if isinstance(broker, str):  # a URL: the broker it names, with default settings
+            broker = broker_for_url(broker)
+        if broker is not None and not isinstance(broker, Broker):
+            raise TypeError(f"broker must be a Broker, a broker URL or None, got {broker!r}")
+        workers = _check_workers(workers, max_workers, shared=broker is not None and broker.shared)
         validate.whole_number("maxsize", maxsize, minimum=0)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
@@ -150,8 +154,6 @@ class TaskQueue(Executor):
         check_durability(durability)
         if serializer is not None and journal is None:
             raise ValueError("serializer is only used with journal=; got no journal")
-        if broker is not None and not isinstance(broker, Broker):
-            raise TypeError(f"broker must be a Broker or None, got {broker!r}")
         if broker is not None and journal is not None:
             raise ValueError("give journal= or broker=, not both")
 
@@ -204,19 +206,32 @@ class TaskQueue(Executor):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> TaskQueue:
+    def start(self, *, workers: Optional[int] = None) -> TaskQueue:
         """Start the worker threads; does nothing if they run already.
 
         A durable broker's unfinished tasks are read back now (see
-        :attr:`recovered`).
+        :attr:`recovered`). On a shared broker (Redis) this is what makes a
+        process consume: submitting alone never starts workers.
+
+        Args:
+            workers: how many worker threads, in place of the queue's
+                ``workers`` (the ``worker`` command's ``--workers``); only
+                before the workers have started.
 
         Returns:
             This queue, so that ``q = TaskQueue().start()`` reads well.
 
         Raises:
             QueueClosed: the queue was shut down (or belongs to a parent process).
+            ValueError: ``workers`` is below 1, or the workers run already.
         """
-        if self._lifecycle.start():
+        if workers is not None:
+            validate.whole_number("workers", workers, minimum=1)
+            if self._lifecycle.consuming:
+                raise ValueError(f"{self.name}'s workers run already; workers= is only for "
+                                 "the first start()")
+            self._supervisor.count = self._workers = workers
+        if self._lifecycle.start(consume=self._workers > 0):
             # Outside the lifecycle's lock: it emits events, which run user code.
             handles = self._broker.recover()
             self._recovered = len(handles)
@@ -287,7 +302,7 @@ class TaskQueue(Executor):
             JournalError: the journal could not record the task.
         """
         if not self._lifecycle.ready:
-            self.start()
+            self._open()
         if type(fn) is not Task and callable(fn):
             # The hot path, flat: a plain callable, no options.
             name = getattr(fn, "__qualname__", None)
@@ -307,9 +322,18 @@ class TaskQueue(Executor):
     def submit_nowait(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskHandle:
         """Like :meth:`submit`, but raise :class:`QueueFull` at once when full."""
         if not self._lifecycle.ready:
-            self.start()
+            self._open()
         message = self._make.for_call(fn, args, kwargs)
         return self._accepted(message, self._enqueue(message, block=False, timeout=None))
+
+    def _open(self) -> None:
+        # The slow path of submit: the first one starts the queue; on a shared
+        # broker it opens only the producer side, since a web process that
+        # imports the tasks module must not start consuming.
+        if self._broker.shared:
+            self._lifecycle.start(consume=False)
+        else:
+            self.start()
 
     def _accepted(self, message: Message, handle: TaskHandle) -> TaskHandle:
         # Announced only if this submission was taken in: a duplicate of a
@@ -422,9 +446,10 @@ class TaskQueue(Executor):
             raise TypeError("interval must be a number of seconds, got None")
         task = periodic_task(fn, args, kwargs)
         if not self._lifecycle.ready:
-            self.start()
+            self._open()
+        claim = getattr(self._broker, "claim_tick", None) if self._broker.shared else None
         periodic = Periodic(task, interval, submit=self._submit_run, schedule=self._timer.schedule,
-                            unschedule=self._timer.cancel, clock=self._clock)
+                            unschedule=self._timer.cancel, clock=self._clock, claim=claim)
         self._periodics.add(periodic)
         return periodic
 
@@ -473,6 +498,11 @@ class TaskQueue(Executor):
                         workers=self._workers, now=self._clock())
 
     @property
+    def broker(self) -> Broker:
+        """Where this queue's tasks wait (a MemoryBroker, a JournalBroker, a RedisBroker)."""
+        return self._broker
+
+    @property
     def recovered(self) -> int:
         """How many unfinished tasks the journal gave back when this queue started.
 
@@ -504,7 +534,7 @@ class TaskQueue(Executor):
         if not isinstance(dead_letter, DeadLetter):
             raise TypeError(f"dead_letter must be a DeadLetter, got {dead_letter!r}")
         if not self._lifecycle.ready:
-            self.start()
+            self._open()
         message = self._make.for_task(dead_letter.task)
         return self._accepted(message, self._broker.requeue(dead_letter, message, block=True,
                                                             timeout=self._submit_timeout))
@@ -549,26 +579,48 @@ class TaskQueue(Executor):
                                             Callable[[], object]]]:
         # For the interpreter-exit drain (see process.drain): how to stop this
         # queue's periodic runs, whether it is idle, and how to wait until it is.
-        if self._lifecycle.forked or self._lifecycle.phase != "running":
+        # None: nothing to drain here (not started, or it only submits to a
+        # shared broker, whose tasks run elsewhere: exit does not wait for them).
+        if self._lifecycle.forked or not self._lifecycle.consuming:
             return None
         periodics = self._periodics
         broker = self._broker
         return (lambda: [p.cancel() for p in list(periodics)],
-                lambda: (broker.wait_idle(0), broker.counts().submitted),
+                lambda: (broker.wait_idle(0), broker.submitted_here()),
                 lambda: broker.wait_idle(None))
 
 
-def _check_workers(workers: Any, max_workers: Any) -> int:
+def _check_workers(workers: Any, max_workers: Any, *, shared: bool) -> int:
     # ThreadPoolExecutor's name for it is a synonym; its error message is kept.
+    # A shared broker may have a queue that only submits (workers=0); a local
+    # one would then run nothing.
     if max_workers is not None:
         if workers != 4 and workers != max_workers:
             raise TypeError("give workers or max_workers (its synonym), not both")
         workers = max_workers
     validate.integer("workers", workers)
-    if workers < 1:
+    if shared and workers < 0:
+        raise ValueError(f"workers must be >= 0 on a shared broker, got {workers!r}")
+    if not shared and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r} "
-                         "(max_workers must be greater than 0)")
+                         "(max_workers must be greater than 0; workers=0, submit only, "
+                         "is for a shared broker such as Redis)")
     return workers  # type: ignore[no-any-return]
+
+
+def broker_for_url(url: str) -> Broker:
+    """The broker a URL names, with default settings (``redis://``, ``rediss://``, ``unix://``).
+
+    Raises:
+        ValueError: no broker takes URLs of that scheme.
+        ImportError: the broker's package is not installed.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from .brokers.redis import RedisBroker  # redis-py only for its users
+
+        return RedisBroker(url)
+    raise ValueError(f"broker must be a Broker or a redis:// URL, got {url!r}")
 
 
 def _call(callback: Callable[[], object]) -> None:

@@ -13,8 +13,10 @@ In a forked child, every inherited queue is told that its threads do not
 exist there.
 
 A queue offers ``owner_pid``, ``shutdown()``, ``disown_after_fork()`` and,
-for the drain, ``_exit_drain()`` (a ``(stop_periodics, idle, join)`` triple:
-see :func:`drain`).
+for the drain, ``_exit_drain()``: a ``(stop_periodics, idle, join)`` triple
+(see :func:`drain`), or None for a queue with nothing to drain in this
+process (never started, or only submitting to a shared broker: its tasks
+run elsewhere, and exit does not wait for them).
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def _drain_at_exit() -> None:
     # daemon workers are still alive: the last moment they can drain.
     with _live_lock:
         queues = [queue for queue in _live if queue.owner_pid == os.getpid()]
-    drainable: List[Drainable] = [d for d in (q._exit_drain() for q in queues) if d is not None]
-    drain(drainable)
+    plans = [(queue, queue._exit_drain()) for queue in queues]
+    drain([plan for _, plan in plans if plan is not None])
     _state["exiting"] = True
-    for queue in queues:
-        queue.shutdown(wait=True)
+    for queue, plan in plans:
+        # A queue with nothing to drain here (one that only submits to a
+        # shared broker) does not wait for tasks that run elsewhere.
+        queue.shutdown(wait=plan is not None)
 
 
 def _before_fork() -> None:

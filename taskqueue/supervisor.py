@@ -72,7 +72,8 @@ class Supervisor:
         self._broker = broker
         self._settle = settle
         self._listeners = listeners
-        self._count = workers
+        self.count = workers
+        """How many worker threads it keeps (set before :meth:`start`)."""
         self._thread_name = thread_name
         self._clock = clock
         self._time_limit = time_limit
@@ -90,7 +91,7 @@ class Supervisor:
     def start(self) -> None:
         """Start every worker thread (once)."""
         with self._lock:
-            for index in range(self._count):
+            for index in range(self.count):
                 tally = WorkerTally()
                 self._tallies.append(tally)
                 self._start_worker(index, tally)

@@ -191,9 +191,18 @@ class Broker(abc.ABC):
             RuntimeError: the broker is bound to a queue already.
         """
 
+    def open(self) -> None:
+        """Get ready to take messages in (a shared broker's producer side); by default nothing.
+
+        Called before the first ``enqueue``, whether or not this process consumes.
+        """
+
     @abc.abstractmethod
     def start(self) -> None:
-        """Start what the broker runs (its timer); called when the queue starts."""
+        """Start consuming: what the broker runs for its consumers (its timer).
+
+        Called when the queue starts its workers, before any consumer receives.
+        """
 
     @abc.abstractmethod
     def enqueue(self, message: Message, block: bool = True,
@@ -304,6 +313,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def closed_error(self) -> QueueClosed:
         """Return the error a producer gets once the broker is closed."""
+
+    def submitted_here(self) -> int:
+        """How many tasks this process has taken in (the interpreter-exit drain's measure)."""
+        return self.counts().submitted
 
     def threads(self) -> FrozenSet[threading.Thread]:
         """The threads the broker runs itself (a timer, a writer): none by default."""
