@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging as _logging
 
-from .brokers import Broker, JournalBroker, MemoryBroker
+from .brokers import Broker, JournalBroker, MemoryBroker, RedisBroker
 from .deadletter import DeadLetter
-from .errors import (JournalError, JournalLocked, QueueBroken, QueueClosed, QueueFull, Retry,
-                     TaskQueueError, TimeLimitExceeded)
+from .errors import (BrokerError, JournalError, JournalLocked, QueueBroken, QueueClosed,
+                     QueueFull, Retry, TaskFailed, TaskQueueError, TimeLimitExceeded)
 from .events import Event, EventKind
 from .journal import Journal
 from .journalfile import JournalView
@@ -57,11 +57,14 @@ __all__ = [
     "QueueFull",
     "QueueClosed",
     "QueueBroken",
+    "TaskFailed",
+    "BrokerError",
     "TimeLimitExceeded",
     # Brokers
     "Broker",
     "MemoryBroker",
     "JournalBroker",
+    "RedisBroker",
     # Journal
     "Journal",
     "JournalView",

@@ -22,6 +22,7 @@ import time
 from typing import Callable, Iterator, List, Optional
 
 from . import Journal, JournalError, JournalView
+from .cli_shared import add_redis, add_worker
 from .demo import BACKOFF, LATENCY, RETRIES, run_demo
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -79,8 +80,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as stop:  # --help, or a usage error already reported
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     try:
-        with _library_logging(LOG_LEVELS[args.log_level]):
-            return args.run(args)
+        if getattr(args, "own_logging", False):  # the command sets up its own
+            return args.run(args)  # type: ignore[no-any-return]
+        with _library_logging(LOG_LEVELS[getattr(args, "log_level", "critical")]):
+            return args.run(args)  # type: ignore[no-any-return]
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -310,9 +313,15 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
+def _add_worker(commands: argparse._SubParsersAction) -> None:
+    add_worker(commands, LOG_LEVELS, _library_logging)
+
+
 COMMANDS = {
     "demo": _add_demo,
     "journal": _add_journal,
+    "worker": _add_worker,
+    "redis": add_redis,
 }
 """Each command's name and the function that adds its parser."""
 
@@ -329,12 +338,13 @@ def _add_log_level(parser: ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _library_logging(level: int) -> Iterator[None]:
+def _library_logging(level: int, *, timed: bool = False) -> Iterator[None]:
     # Only for the length of the command, so that calling main() in-process
     # (as tests do) leaves no handler behind pointing at a stale stderr.
     logger = logging.getLogger("taskqueue")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(
+        ("%(asctime)s " if timed else "") + "%(levelname)s %(name)s: %(message)s"))
     old_level = logger.level
     logger.setLevel(level)
     logger.addHandler(handler)

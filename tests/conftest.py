@@ -187,3 +187,55 @@ class FaultyBroker(MemoryBroker):
 
     def consumer(self, tally: Any) -> FaultyConsumer:
         return FaultyConsumer(self, tally)
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_missing() -> Optional[str]:
+    """Why the Redis tests cannot run here, or None if they can."""
+    try:
+        import redis
+    except ImportError:
+        return "redis-py is not installed (pip install 'taskqueue[redis]')"
+    try:
+        redis.Redis.from_url(SHARED_REDIS, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        return f"no Redis server answers at {SHARED_REDIS} ({type(exc).__name__})"
+    return None
+
+
+def need_redis() -> str:
+    """Skip (or, under TASKQUEUE_REQUIRE_REDIS=1, fail) a test that needs Redis."""
+    import os
+
+    reason = redis_missing()
+    if reason is not None:
+        if os.environ.get("TASKQUEUE_REQUIRE_REDIS") == "1":
+            pytest.fail(f"TASKQUEUE_REQUIRE_REDIS=1 but {reason}")
+        pytest.skip(reason)
+    return SHARED_REDIS
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis server's URL (the test skips, or fails under CI, without one)."""
+    return need_redis()
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A namespace of this test's own in the shared Redis, emptied afterwards."""
+    import uuid
+
+    import redis
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{{{name}}}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -21,7 +21,7 @@ LAYERS: Dict[str, int] = {
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
     "brokers.base": 6,
     "brokers.memory": 7,
-    "brokers.journal": 8,
+    "brokers.journal": 8, "brokers.redis_scripts": 0, "brokers.redis": 8,
     "brokers.__init__": 9,
     "settle": 10, "worker": 10,
     "supervisor": 11, "lifecycle": 11,
@@ -29,7 +29,7 @@ LAYERS: Dict[str, int] = {
     "__init__": 13,
 }
 # The command line and the demo are users: only the package's public names.
-USERS = {"cli", "demo", "__main__"}
+USERS = {"cli", "cli_shared", "demo", "__main__"}
 # A broker never imports the queue's own parts above it (pool, settle, ...):
 # the layers already say so; this names the rule the layers serve.
 BROKER_MODULES = {name for name in LAYERS if name.startswith("brokers.")}
