@@ -83,7 +83,10 @@ class Retry(TaskQueueError):
 
 
 class TaskFailed(TaskQueueError):
-    """Raised by ``result()`` for a task that failed in another process.
+    """Raised by ``result()`` for a task of a shared broker that failed in a worker process.
+
+    The producer's handle gets it whichever process ran the task (this one
+    included), so that a failure reads the same wherever it happened.
 
     Its message carries the remote exception's type, message and traceback
     text; the exception itself never crosses processes (no pickle).

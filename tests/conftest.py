@@ -227,7 +227,10 @@ def redis_url() -> str:
 
 @pytest.fixture
 def namespace(redis_url: str) -> Iterator[str]:
-    """A namespace of this test's own in the shared Redis, emptied afterwards."""
+    """A namespace of this test's own in the shared Redis, emptied afterwards.
+
+    Its keys, and those of namespaces named after it (``<name>-1``), are deleted.
+    """
     import uuid
 
     import redis
@@ -235,7 +238,7 @@ def namespace(redis_url: str) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{{{name}}}:*", count=1000))
+    keys = list(client.scan_iter(match=f"{{{name}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
