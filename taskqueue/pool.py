@@ -620,7 +620,9 @@ def broker_for_url(url: str) -> Broker:
         from .brokers.redis import RedisBroker  # redis-py only for its users
 
         return RedisBroker(url)
-    raise ValueError(f"broker must be a Broker or a redis:// URL, got {url!r}")
+    # Only the scheme is shown: the rest of a URL may hold a password.
+    raise ValueError(f"broker must be a Broker or a redis://, rediss:// or unix:// URL, "
+                     f"got a URL of scheme {scheme or '(none)'!r}")
 
 
 def _call(callback: Callable[[], object]) -> None:

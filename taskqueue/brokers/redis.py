@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from ..deadletter import DeadLetter
-from ..errors import BrokerError, JournalError, QueueClosed, QueueFull, TaskFailed
+from ..errors import BrokerError, QueueClosed, QueueFull, TaskFailed, TaskQueueError
 from ..message import Message
 from ..registry import TaskFunction
 from ..retry import Backoff, RetryPolicy
@@ -77,18 +77,30 @@ def _import_redis() -> Any:
 
 
 def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """``url`` with any password replaced by ``***`` (for messages and logs).
+
+    Both places redis-py reads a password from are masked: the user info
+    (``redis://user:secret@host``) and the query (``?password=secret``).
+    """
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+        query = "&".join(_masked_parameter(p) for p in parts.query.split("&")) \
+            if parts.query else ""
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url  # nothing to hide
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<a Redis URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query,
-                       parts.fragment))
+
+
+def _masked_parameter(parameter: str) -> str:
+    name, sep, _ = parameter.partition("=")
+    return f"{name}=***" if sep and name.lower() == "password" else parameter
 
 
 class RedisBroker(Broker):
@@ -410,15 +422,15 @@ class RedisBroker(Broker):
         with self._lock:
             self._running[task_id] = (token, message)
         if message.fn is None:
-            self._bury(message, delivery, JournalError(
+            self._bury(message, delivery, TaskQueueError(
                 f"no task function named {body['name']!r} is registered in this worker "
                 f"({self._worker_id}); register it with @queue.task where workers import it"))
             return None
-        if delivery > int(meta["limit"]) + 1:
-            self._bury(message, delivery, JournalError(
-                f"task {body['name']} ({task_id}) was delivered {delivery} times without an "
-                "outcome; it may be what stops its workers, so it is not run again (requeue "
-                "the dead letter to try once more)"))
+        if delivery > int(meta["limit"]):  # its deliveries pass retries + 2
+            self._bury(message, delivery, TaskQueueError(
+                f"task {body['name']} ({task_id}) was delivered {delivery - 1} times, past its "
+                f"retries + {CRASHES_FORGIVEN}, without an outcome; it may be what stops its "
+                "workers, so it is not run again (requeue the dead letter to try once more)"))
             return None
         return message
 
@@ -467,7 +479,7 @@ class RedisBroker(Broker):
                                        "" if letter is None else json.dumps(letter),
                                        self._dead_letter_limit(), int(time.time() * 1000)],
                             result_key=self._result_key(message.id))
-        if int(result) == -1:
+        if int(result) != 1:  # another delivery holds the lease, or has finished the task
             log.warning("task %s (%s): its lease was taken over (this worker stalled past "
                         "visibility_timeout); its %s is ignored, another delivery owns it",
                         message.name, message.id, state)
@@ -815,7 +827,13 @@ class RedisBroker(Broker):
             retried=counters.get("retried", 0), running=int(running))
 
     def claim_tick(self, name: str, tick: int, interval: float) -> bool:
-        """Whether this process fires tick ``tick`` of periodic ``name`` (one process does)."""
+        """Whether this process fires tick ``tick`` of periodic ``name`` (one process does).
+
+        Only a consuming process claims a tick: a producer-only one (a web
+        process that imports the tasks module) never fires periodic runs.
+        """
+        if not self._fetching:
+            return False
         key = f"{self._prefix}tick:{name}:{tick}"
         ttl = max(60, int(interval * 3))
         return bool(self._guarded(lambda: self._client.set(key, self._worker_id, nx=True, ex=ttl)))
@@ -993,7 +1011,7 @@ class _Unregistered:
         self.__qualname__ = self.name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise JournalError(f"no task function named {self.name!r} is registered")
+        raise TaskQueueError(f"no task function named {self.name!r} is registered")
 
 
 def _round_trip(args: List[Any], kwargs: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
