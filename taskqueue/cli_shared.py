@@ -89,12 +89,20 @@ def _run_worker(args: argparse.Namespace) -> int:
              ", ".join(sorted(queue.tasks)) or "(none registered)")
     stop.wait()
     log.info("worker: stopping; running tasks get %gs to finish", args.grace)
-    queue.shutdown(cancel_futures=True, timeout=args.grace)
+    # Not cancel_futures: what waits in Redis (a periodic run this process
+    # submitted, say) is the other workers' to run.
+    queue.shutdown(timeout=args.grace)
     handed = broker.hand_back_running() if isinstance(broker, RedisBroker) else 0
     if handed:
         log.warning("worker: %d task(s) still running after %gs were handed back", handed,
                     args.grace)
     log.info("worker: stopped")
+    if handed:
+        # Their threads still run user code, but the tasks are another
+        # worker's now: exit without the interpreter's wait for them.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 

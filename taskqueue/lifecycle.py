@@ -188,7 +188,10 @@ class Lifecycle:
             return
         for periodic in list(self.periodics):
             periodic.cancel()
-        if cancel_futures or timeout == 0:
+        # On a shared broker, what has not started is the other workers' to
+        # run: only an explicit cancel_futures takes it out of the queue.
+        local = not self._broker.shared
+        if cancel_futures or (timeout == 0 and local):
             # Before returning, whatever the caller does next: the deadline
             # has passed (or was asked for), so nothing more may start.
             self.cancel_not_started()
@@ -198,7 +201,7 @@ class Lifecycle:
         if earlier is not None:  # an earlier shutdown(wait=False) is still cancelling
             earlier.join(None if deadline is None else max(0.0, deadline - monotonic()))
         remaining = None if deadline is None else max(0.0, deadline - monotonic())
-        if not self._broker.wait_idle(remaining):
+        if not self._broker.wait_idle(remaining) and local:
             self.cancel_not_started()
         self._stop(deadline)
 
@@ -240,7 +243,7 @@ class Lifecycle:
     def _wind_down_in_background(self, deadline: Optional[float]) -> None:
         def wind_down() -> None:
             remaining = None if deadline is None else max(0.0, deadline - monotonic())
-            if not self._broker.wait_idle(remaining):
+            if not self._broker.wait_idle(remaining) and not self._broker.shared:
                 self.cancel_not_started()
             self._stop(None)
 

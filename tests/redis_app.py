@@ -29,7 +29,8 @@ queue = TaskQueue(
     broker=RedisBroker(URL, namespace=NAMESPACE,
                        visibility_timeout=float(os.environ.get("TQ_TEST_VISIBILITY", "30"))),
     workers=int(os.environ.get("TQ_TEST_WORKERS", "4")), maxsize=0)
-_client = redis.Redis.from_url(URL)
+# Blocking pops wait up to a minute: longer than redis-py's default socket timeout.
+_client = redis.Redis.from_url(URL, socket_timeout=90)
 
 
 def log_key(name: str) -> str:

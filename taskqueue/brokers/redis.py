@@ -645,8 +645,15 @@ class RedisBroker(Broker):
         return [h._message for h in handles]  # type: ignore[misc]
 
     def close(self) -> None:
-        """Refuse submits from this process; wake one that waits for room."""
+        """Refuse submits from this process, and fetch no more tasks here.
+
+        A shutdown on a shared broker is a worker's graceful stop: what runs
+        here finishes, what waits in Redis stays there for the other workers.
+        A submit waiting for room is woken (and refused).
+        """
         self._accepting = False
+        if self._fetching:
+            self.stop_consumers()
         with self._room:
             self._room.notify_all()
 
@@ -656,16 +663,24 @@ class RedisBroker(Broker):
         return self._accepting
 
     def wait_idle(self, timeout: Optional[float]) -> bool:
-        """Wait until this process's submissions have ended and nothing runs here."""
+        """Wait until this process's submissions have ended and nothing runs here.
+
+        Once the queue is closed in this process (a shutdown), only what runs
+        here is waited for: its submissions still in Redis are the other
+        workers' to run, and shutting down does not wait for them.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                idle = not self._pending and not self._running
+                idle = not self._running and (not self._accepting or not self._pending)
             if idle:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._closed.wait(0.01 if deadline is None else min(0.01, max(0.0, deadline - time.monotonic())))
+            # Outcomes arrive on the listener's thread, from Redis: looked at
+            # every 10 ms rather than signalled, to keep the hot path lock-light.
+            self._closed.wait(0.01 if deadline is None
+                              else min(0.01, max(0.0, deadline - time.monotonic())))
 
     def stop_consumers(self) -> None:
         """This process's consumers take nothing more; their receive() returns None."""
