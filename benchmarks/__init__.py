@@ -13,7 +13,11 @@ Every figure is a **ratio measured in one run**: taskqueue and its baselines
 group-commit loop, Huey, Dramatiq, persist-queue) run in the same process,
 interleaved round by round, and the ratio ``taskqueue / baseline`` is taken
 per round; the table shows its median with the min and max, because these
-machines are shared and noisy.
+machines are shared and noisy. The ``redis`` scenario runs its contenders
+(taskqueue, Dramatiq, RQ, SAQ, a raw redis-py loop) on one Redis server
+(``$TASKQUEUE_BENCH_REDIS``, else ``redis://127.0.0.1:6379/0``), with
+worker processes started for each run; without a server it measures
+nothing and says so.
 
 Layout: ``registry`` (the ``@scenario`` registry and the context a scenario
 runs in), ``scenarios`` (one small function per scenario), ``harness``
@@ -21,8 +25,11 @@ runs in), ``scenarios`` (one small function per scenario), ``harness``
 Executor, and of several producers at once), ``baselines``
 (ThreadPoolExecutor, the bare loop, the SQLite group-commit loop),
 ``peers`` (Huey and Dramatiq in memory, persist-queue and SqliteHuey on a
-file, all in-process), ``report`` (table, Markdown, JSON), ``plot`` (PNG
-charts, matplotlib optional), ``progress``, ``cli``.
+file, all in-process), ``redis_peers`` (every contender on Redis: its
+worker processes and its producer), ``redis_tasks`` (what those worker
+processes import), ``roundtrips`` (commands sent to Redis, counted with
+MONITOR), ``report`` (table, Markdown, JSON), ``plot`` (PNG charts,
+matplotlib optional), ``progress``, ``cli``.
 
 JSON schema (``--json FILE``, ``meta.schema`` = 1)::
 
@@ -42,7 +49,7 @@ JSON schema (``--json FILE``, ``meta.schema`` = 1)::
         "rounds": 5,                 # rounds kept per figure
         "warmup": 1,                 # rounds run first and thrown away
         "peers": {"huey": "2.5.0" | null, "dramatiq": "1.17.0" | null,
-                  "persist-queue": "1.1.0" | null},
+                  "persist-queue": "1.1.0" | null, "rq": "2.0" | null, "saq": "0.26" | null},
         "load_average": {"start": [1.2, 0.8, 0.5] | null, "end": [...] | null}   # 1, 5, 15 min
       },
       "results": [                   # one per table row
@@ -70,7 +77,9 @@ JSON schema (``--json FILE``, ``meta.schema`` = 1)::
     }
 
 A scenario that failed with an error has one row with metric
-"did not finish", null figures and the error in ``note``.
+"did not finish", null figures and the error in ``note``. Without a Redis
+server, every row of the redis scenario has null figures, ``"redis_unreachable":
+true`` in ``sizes`` and the reason in ``note``.
 """
 
 from __future__ import annotations

@@ -63,6 +63,8 @@ class Peer:
     """The PyPI distribution that provides it."""
     setup = ""
     """How it is configured and how its results are awaited (shown as a note)."""
+    runs = "in-process"
+    """Where it runs, as the reason it could not run says ("cannot run in-process: ...")."""
 
     def unavailable(self) -> Optional[str]:
         """Return why this peer cannot be measured here, or None if it can.
@@ -85,10 +87,11 @@ class Peer:
         thread.start()
         thread.join(_PROBE_TIMEOUT)
         if thread.is_alive():
-            return f"cannot run in-process: {_PROBE_TASKS} tasks did not finish in {_PROBE_TIMEOUT:.0f} s"
+            return (f"cannot run {self.runs}: {_PROBE_TASKS} tasks did not finish in "
+                    f"{_PROBE_TIMEOUT:.0f} s")
         if outcome:
             exc = outcome[0]
-            return f"cannot run in-process: {type(exc).__name__}: {exc}"
+            return f"cannot run {self.runs}: {type(exc).__name__}: {exc}"
         return None
 
     def throughput(self, workers: int, tasks: int) -> Dict[str, float]:

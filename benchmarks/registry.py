@@ -60,20 +60,24 @@ class Context:
         self._progress = progress
 
     def measure(self, contenders: Mapping[str, Contender], *, label: str = "",
-                warmup: Optional[int] = None) -> Samples:
+                warmup: Optional[int] = None, rounds: Optional[int] = None) -> Samples:
         """Run the contenders interleaved for this context's rounds.
 
         Args:
             contenders: name -> callable returning its figures.
             label: what the progress line shows besides the round ("workers=8").
             warmup: warm-up rounds, if not this context's default.
+            rounds: rounds to keep, if not this context's (a count that
+                does not vary from run to run needs fewer).
         """
+        kept = self.rounds if rounds is None else rounds
+
         def on_run(round_: int, name: str) -> None:
             if self._progress is not None:
-                which = "warm-up" if round_ == 0 else f"round {round_}/{self.rounds}"
+                which = "warm-up" if round_ == 0 else f"round {round_}/{kept}"
                 self._progress.update(" ".join(p for p in (label, which, name) if p))
 
-        return harness.interleave(contenders, self.rounds,
+        return harness.interleave(contenders, kept,
                                   warmup=self.warmup if warmup is None else warmup,
                                   on_run=on_run)
 

@@ -19,6 +19,7 @@ import taskqueue
 
 from .harness import Result
 from .peers import JOURNAL_PEERS, PEERS, version_of
+from .redis_peers import REDIS_PEERS
 
 __all__ = ["SCHEMA_VERSION", "machine", "render_table", "render_markdown", "to_json",
            "format_figure", "format_ratio"]
@@ -49,7 +50,7 @@ def machine(*, mode: str, command: str, rounds: int, warmup: int) -> Dict[str, A
         "rounds": rounds,
         "warmup": warmup,
         "peers": {peer.distribution: version_of(peer.distribution)
-                  for peer in PEERS + JOURNAL_PEERS},
+                  for peer in [*PEERS, *JOURNAL_PEERS, *REDIS_PEERS]},
         # How busy the shared machine was; the CLI fills in "end" when the run ends.
         "load_average": {"start": load_average(), "end": None},
     }

@@ -28,6 +28,15 @@ from .baselines import (
 )
 from .harness import Metric, Result, Samples, Target
 from .peers import JOURNAL_PEERS, PEERS, Peer, version_of
+from .redis_peers import (
+    REDIS_PEERS,
+    DramatiqOnRedis,
+    RawLoop,
+    TaskQueueOnRedis,
+    redis_peers,
+    redis_unreachable,
+    redis_url,
+)
 from .registry import Context, scenario
 from .workloads import (
     FailOnce,
@@ -49,6 +58,9 @@ __all__: List[str] = []  # everything here is reached through the registry
 THROUGHPUT = Metric("throughput", "throughput", "tasks/s", higher_is_better=True)
 SUBMIT_COST = Metric("submit_us", "submit() cost", "us/call", higher_is_better=False)
 MEMORY = Metric("bytes_per_task", "memory per pending task", "bytes", higher_is_better=False)
+ROUND_TRIPS = Metric("round_trips", "round trips to Redis per task", "trips/task",
+                     higher_is_better=False)
+ONE_ROUND_TRIP = "1 round trip per task"
 
 TASKQUEUE = "taskqueue"
 
@@ -280,15 +292,15 @@ def peers(ctx: Context) -> List[Result]:
 
 
 def _peer_row(ctx: Context, samples: Samples, metric: Metric, peer: Peer, reason: Optional[str],
-              *, subject: str = TASKQUEUE) -> Result:
+              *, subject: str = TASKQUEUE, target: Target = Target.above(1.0)) -> Result:
     # A peer that ran gets its ratio; one that could not gets a row saying
     # why, with no number invented.
     version = version_of(peer.distribution)
     shown = f"{peer.name} {version}" if version else peer.name
     if reason is None:
-        return ctx.compare(samples, metric, peer.name, subject=subject, target=Target.above(1.0),
+        return ctx.compare(samples, metric, peer.name, subject=subject, target=target,
                            note=f"{shown}: {peer.setup}", peer_version=version)
-    return ctx.not_measured(samples, metric, peer.name, subject=subject, target=Target.above(1.0),
+    return ctx.not_measured(samples, metric, peer.name, subject=subject, target=target,
                             note=f"{shown}: {reason}", peer_version=version)
 
 
@@ -386,3 +398,66 @@ def journal_io(ctx: Context) -> List[Result]:
         # No target: what any durable queue on SQLite reaches with these tasks.
         ctx.compare(samples, THROUGHPUT, loop),
     ]
+
+
+@scenario("redis", "13. On one Redis server: 2 worker processes x 4 threads, every result "
+                   "awaited by the producer",
+          full={"tasks": 1_000, "processes": 2, "threads": 4, "count_rounds": 2},
+          quick={"tasks": 300, "processes": 2, "threads": 4, "count_rounds": 1},
+          smoke={"tasks": 50, "processes": 2, "threads": 4, "count_rounds": 1})
+def on_redis(ctx: Context) -> List[Result]:
+    tasks, processes, threads = ctx.sizes["tasks"], ctx.sizes["processes"], ctx.sizes["threads"]
+    url = redis_url()
+    unreachable = redis_unreachable(url)
+    if unreachable is not None:
+        return _redis_not_measured(ctx, unreachable)
+    mine, raw, peers = TaskQueueOnRedis(url), RawLoop(url), redis_peers(url)
+    reasons = {peer.name: peer.unavailable() for peer in peers}
+    contenders = {peer.name: (lambda peer=peer: peer.throughput(threads, tasks, processes))
+                  for peer in peers if reasons[peer.name] is None}
+    contenders[raw.name] = lambda: raw.throughput(threads, tasks, processes)
+    contenders[TASKQUEUE] = lambda: mine.throughput(threads, tasks, processes)
+    samples = ctx.measure(contenders)
+    # Apart, under MONITOR, which slows the server: no throughput is taken from it.
+    trips = ctx.measure({ONE_ROUND_TRIP: lambda: {ROUND_TRIPS.key: 1.0},
+                         TASKQUEUE: lambda: mine.round_trips(threads, tasks, processes)},
+                        warmup=0, rounds=ctx.sizes["count_rounds"])
+    return [
+        *[_peer_row(ctx, samples, THROUGHPUT, peer, reasons[peer.name],
+                    target=_redis_target(peer.name)) for peer in peers],
+        ctx.compare(samples, THROUGHPUT, raw.name, target=_redis_target(raw.name),
+                    note=f"{raw.name}: {raw.setup}; taskqueue: {mine.setup}; every contender "
+                         "on the same server, in a fresh namespace with fresh worker processes "
+                         "each run, warmed with one task per thread"),
+        ctx.compare(trips, ROUND_TRIPS, ONE_ROUND_TRIP, target=Target.at_most(3.0),
+                    note=_round_trip_note(trips[TASKQUEUE])),
+    ]
+
+
+def _redis_target(name: str) -> Target:
+    # The issue's bounds; any other peer is only to be beaten.
+    return {DramatiqOnRedis.name: Target.at_least(2.0),
+            RawLoop.name: Target.at_least(0.5)}.get(name, Target.above(1.0))
+
+
+def _round_trip_note(runs: List[Dict[str, float]]) -> str:
+    by_command = {name: statistics.median(run.get(name, 0.0) for run in runs)
+                  for name in runs[0] if name != ROUND_TRIPS.key}
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in by_command.items())
+    return ("round trips: every command the run's clients sent Redis between two markers, "
+            "read with MONITOR (INFO commandstats also counts each command a Lua script runs, "
+            "and every other client of a shared server), divided by the tasks; an EVALSHA is "
+            "one round trip, the commands its script runs none; a BLPOP counts once however "
+            "long it blocks (an idle worker's wait included); pub/sub messages pushed to the "
+            "producer are none; the workers' own timers (PROMOTE, REQUEUE_EXPIRED, "
+            f"heartbeats) count too. Per task: {shown}")
+
+
+def _redis_not_measured(ctx: Context, reason: str) -> List[Result]:
+    # No server, no figures at all, taskqueue's included: every row says why.
+    note = f"not measured: {reason} (TASKQUEUE_BENCH_REDIS names another server)"
+    names = [peer.name for peer in REDIS_PEERS] + [RawLoop.name]
+    return [*[ctx.not_measured(None, THROUGHPUT, name, note, target=_redis_target(name),
+                               redis_unreachable=True) for name in names],
+            ctx.not_measured(None, ROUND_TRIPS, ONE_ROUND_TRIP, note,
+                             target=Target.at_most(3.0), redis_unreachable=True)]
