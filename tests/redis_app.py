@@ -38,6 +38,11 @@ def log_key(name: str) -> str:
     return LOG + name
 
 
+@queue.task(name="noop")
+def noop() -> None:
+    """Nothing: the cost of a task itself."""
+
+
 @queue.task(name="record")
 def record(i: int) -> int:
     """Note that ``i`` ran here (the runs log holds ``i:pid``), return it."""

@@ -475,7 +475,7 @@ def test_a_task_delivered_past_retries_plus_two_is_a_dead_letter(
             message = harness.take()
             assert message.attempts == delivery
             harness.consumer.crashed()
-        assert harness.broker._fetch() is None  # the next delivery is buried, not run
+        assert harness.broker._fetch(harness.consumer) is None  # the next delivery is buried, not run
         exc = handle.exception(WAIT)
         assert isinstance(exc, TaskFailed) and "delivered 3 times" in str(exc)
         assert [d.task_id for d in harness.broker.dead_letters()] == [handle.id]

@@ -29,7 +29,7 @@ from taskqueue import BrokerError, RedisBroker, TaskFailed, TaskQueue, TaskState
 
 pytestmark = pytest.mark.timeout(120)
 
-TASK_NAMES = ("record", "hold", "spin", "fail", "tick")
+TASK_NAMES = ("noop", "record", "hold", "spin", "fail", "tick")
 
 
 def producer(url: str, namespace: str, **options: Any) -> TaskQueue:

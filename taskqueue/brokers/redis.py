@@ -31,6 +31,7 @@ redis-py is imported only when a RedisBroker is made: ``pip install
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ CRASHES_FORGIVEN = 2
 _BLOCK = 1.0
 # Reconnecting after a Redis fault: the first wait, and the longest.
 _BACKOFF_FIRST, _BACKOFF_MOST = 0.1, 5.0
+_NO_TAKE = ("", "", "", "", 0)  # take()'s arguments when no next task is wanted
 _HEARTBEAT = 2.0
 
 
@@ -149,10 +151,11 @@ class RedisBroker(Broker):
         except (ValueError, self._redis.RedisError) as exc:
             raise ValueError(f"url {self.url!r} is not a Redis URL redis-py accepts: {exc}") from None
         self._prefix = "{%s}:" % namespace
-        self._keys = [self._prefix + name for name in scripts.STRUCTURAL]
+        self._keys = [self._prefix + "messages"]  # the scripts name the rest from it
         self._scripts = {name: self._client.register_script(getattr(scripts, name))
                          for name in ("ENQUEUE", "FETCH", "FINISH", "RETRY", "HAND_BACK",
-                                      "RENEW", "REQUEUE_EXPIRED", "PROMOTE", "REQUEUE_DEAD")}
+                                      "RENEW", "REQUEUE_EXPIRED", "PROMOTE", "REQUEUE_DEAD",
+                                      "LEAVE")}
         self._producer = uuid.uuid4().hex
         self._events = self._prefix + "events:"
         self._room_channel = self._prefix + "room"
@@ -174,6 +177,7 @@ class RedisBroker(Broker):
         self._maintainer: Optional[threading.Thread] = None
         self._outage = _Outage(self.url)
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{self._producer[:8]}"
+        self._slots = itertools.count()  # one per consumer, for its inbox
 
     # -- binding and lifecycle ---------------------------------------------------------
 
@@ -406,21 +410,26 @@ class RedisBroker(Broker):
         """A consumer for one worker thread of this process."""
         return RedisConsumer(self, tally)
 
-    def _fetch(self) -> Optional[Message]:
-        # One task leased to this process, as a message of its own; None if
-        # nothing is ready. A task this process cannot run (its name is not
-        # registered here, or it was delivered too often) is buried instead.
-        reply = self._call("FETCH", [self._events, int(self.visibility_timeout * 1000),
-                                     self._room_channel, self._maxsize()])
-        if not reply:
-            return None
-        task_id, body_raw, delivery, meta_raw = (_text(reply[0]), _text(reply[1]), int(reply[2]),
-                                                 _text(reply[3]))
-        token = str(delivery)
+    def _fetch(self, consumer: RedisConsumer) -> Optional[Message]:
+        # The task handed to this consumer, or the first ready one, leased to
+        # it; else None, and it is noted as waiting (see redis_scripts).
+        reply = self._call("FETCH", [self._events, *consumer.take_args(), consumer.inbox])
+        consumer._waiting = not reply
+        return self._leased_message(reply) if reply else None
+
+    def _leased_message(self, reply: List[Any]) -> Optional[Message]:
+        # A task leased to this process, from a script's reply or an inbox
+        # item, as a message of its own. One it cannot run (its name is not
+        # registered here, or it was delivered too often) is buried: None.
+        if len(reply) == 1:  # an inbox item: id, delivery, meta, body on lines
+            task_id, delivery_raw, meta_raw, body_raw = _text(reply[0]).split("\n", 3)
+        else:
+            task_id, body_raw, delivery_raw, meta_raw = (_text(part) for part in reply)
+        delivery = int(delivery_raw)
         body, meta = json.loads(body_raw), json.loads(meta_raw)
         message = self._message(task_id, body, delivery)
         with self._lock:
-            self._running[task_id] = (token, message)
+            self._running[task_id] = (str(delivery), message)
         if message.fn is None:
             self._bury(message, delivery, TaskQueueError(
                 f"no task function named {body['name']!r} is registered in this worker "
@@ -466,25 +475,35 @@ class RedisBroker(Broker):
             self._running.pop(task_id, None)
 
     def _finish(self, message: Message, state: str, outcome: Dict[str, Any],
-                letter: Optional[Dict[str, Any]] = None) -> bool:
-        # The task's end, reported under this process's lease; False if fenced.
+                letter: Optional[Dict[str, Any]] = None,
+                then: Optional[RedisConsumer] = None) -> Optional[Message]:
+        # The task's end, reported under this process's lease (fenced if
+        # another delivery holds it); in the same script, the next task for
+        # consumer ``then``, returned.
         token = self._leased(message.id)
         self._release(message.id)
         if token is None:
-            return False
+            return None
         outcome = {"id": message.id, "state": state, "attempts": message.attempts,
                    "finished_at": time.time(), **outcome}
-        result = self._call("FINISH", [self._events, message.id, token, json.dumps(outcome),
-                                       self.result_ttl, state,
-                                       "" if letter is None else json.dumps(letter),
-                                       self._dead_letter_limit(), int(time.time() * 1000)],
-                            result_key=self._result_key(message.id))
-        if int(result) != 1:  # another delivery holds the lease, or has finished the task
+        reply = self._call("FINISH", [self._events, message.id, token, json.dumps(outcome),
+                                      self.result_ttl, state,
+                                      "" if letter is None else json.dumps(letter),
+                                      self._dead_letter_limit(), int(time.time() * 1000),
+                                      *self._take_args(then)])
+        if int(reply[0]) != 1:  # another delivery holds the lease, or has finished the task
             log.warning("task %s (%s): its lease was taken over (this worker stalled past "
                         "visibility_timeout); its %s is ignored, another delivery owns it",
                         message.name, message.id, state)
-            return False
-        return True
+            return None
+        return self._next_for(then, reply)
+
+    def _take_args(self, consumer: Optional[RedisConsumer]) -> List[Any]:
+        # What a script needs to take the next task for ``consumer`` (none
+        # once this process stops fetching).
+        if consumer is None or not self._fetching:
+            return list(_NO_TAKE)
+        return consumer.take_args()
 
     def _bury(self, message: Message, delivery: int, exc: BaseException) -> None:
         # A dead letter for a task this process will not run.
@@ -493,18 +512,31 @@ class RedisBroker(Broker):
         self._finish(message, "failed", {"error": _error(exc, "")},
                      _letter(message, exc, "", self._clock))
 
-    def _retry(self, message: Message, delay: float) -> None:
+    def _retry(self, message: Message, delay: float,
+               then: Optional[RedisConsumer] = None) -> Optional[Message]:
         token = self._leased(message.id)
         self._release(message.id)
         if token is None:
-            return
+            return None
         state = "scheduled" if delay > 0 else "pending"
-        result = self._call("RETRY", [self._events, message.id, token, int(delay * 1000),
-                                      json.dumps({"id": message.id, "state": state,
-                                                  "attempts": message.attempts})])
-        if int(result) == -1:
+        reply = self._call("RETRY", [self._events, message.id, token, int(delay * 1000),
+                                     json.dumps({"id": message.id, "state": state,
+                                                 "attempts": message.attempts}),
+                                     *self._take_args(then)])
+        if int(reply[0]) == -1:
             log.warning("task %s (%s): its lease was taken over; its retry is ignored",
                         message.name, message.id)
+            return None
+        return self._next_for(then, reply)
+
+    def _next_for(self, consumer: Optional[RedisConsumer], reply: List[Any]) -> Optional[Message]:
+        # The task a script took for ``consumer`` with an outcome, if any;
+        # if it found none, the script noted the consumer as a waiter.
+        if consumer is None:
+            return None
+        took = reply[1] if len(reply) > 1 else None
+        consumer._waiting = not took and self._fetching
+        return self._leased_message(took) if took else None
 
     def _hand_back(self, message: Message, *, started: bool) -> None:
         # Back to Redis at once; an attempt that started (and is cut short)
@@ -578,7 +610,7 @@ class RedisBroker(Broker):
         with self._lock:
             running = len(self._running)
         now = time.time()
-        self._client.hset(self._keys[scripts.STRUCTURAL.index("workers")], self._worker_id,
+        self._client.hset(self._key("workers"), self._worker_id,
                           json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                       "running": running, "seen": now}))
 
@@ -586,14 +618,14 @@ class RedisBroker(Broker):
         if self._maintainer is None:
             return
         try:
-            self._client.hdel(self._keys[scripts.STRUCTURAL.index("workers")], self._worker_id)
+            self._client.hdel(self._key("workers"), self._worker_id)
         except self._redis.RedisError:
             pass
 
     def workers(self) -> List[Dict[str, Any]]:
         """The consuming processes heard of lately: host, pid, running, seen (epoch)."""
         raw = self._guarded(lambda: self._client.hgetall(
-            self._keys[scripts.STRUCTURAL.index("workers")]))
+            self._key("workers")))
         now = time.time()
         found = [dict(json.loads(v), id=_text(k)) for k, v in raw.items()]
         return sorted((w for w in found if now - w.get("seen", 0) < 5 * _HEARTBEAT),
@@ -607,8 +639,8 @@ class RedisBroker(Broker):
                    "finished_at": time.time()}
         result = self._call("FINISH", [self._events, handle.id, "", json.dumps(outcome),
                                        self.result_ttl, "cancelled", "", self._dead_letter_limit(),
-                                       0], result_key=self._result_key(handle.id))
-        if int(result) != 1:
+                                       0, *_NO_TAKE])
+        if int(result[0]) != 1:
             return None
         with self._lock:
             self._pending.pop(handle.id, None)
@@ -689,7 +721,7 @@ class RedisBroker(Broker):
 
     def _wake_own_consumers(self) -> None:
         try:
-            self._client.lpush(self._own_wake, *(["1"] * 64))
+            self._client.lpush(self._own_wake, *(["1"] * 256))  # one per thread
             self._client.expire(self._own_wake, 60)
         except self._redis.RedisError:
             pass  # they look again within _BLOCK seconds
@@ -814,7 +846,7 @@ class RedisBroker(Broker):
         return {"pending": dict(sorted(pending.items(), reverse=True)), "scheduled": int(scheduled),
                 "next_due": max(0.0, (first_due[0][1] - now_ms) / 1000) if first_due else None,
                 "running": running, "dead": int(dead), "workers": self.workers(),
-                "counters": {_text(k): int(v) for k, v in stats.items()}}
+                "counters": {_text(k): int(v) for k, v in stats.items() if _text(k) != "seq"}}
 
     def purge_dead(self) -> int:
         """Forget every dead letter in Redis."""
@@ -855,9 +887,8 @@ class RedisBroker(Broker):
 
     # -- Redis calls -----------------------------------------------------------------------------
 
-    def _call(self, script: str, args: List[Any], result_key: Optional[str] = None) -> Any:
-        keys = self._keys if result_key is None else [*self._keys, result_key]
-        return self._guarded(lambda: self._scripts[script](keys=keys, args=args))
+    def _call(self, script: str, args: List[Any]) -> Any:
+        return self._guarded(lambda: self._scripts[script](keys=self._keys, args=args))
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
         try:
@@ -886,13 +917,34 @@ class RedisBroker(Broker):
 
 
 class RedisConsumer(Consumer):
-    """One worker thread's side of a :class:`RedisBroker`."""
+    """One worker thread's side of a :class:`RedisBroker`.
+
+    Each has a slot of its own in Redis: while it waits, a task made ready
+    anywhere is leased to it and pushed to its inbox, so its blocking pop
+    returns the task itself; and the script that reports an outcome takes
+    its next task too. A task costs a worker two round trips to Redis.
+    """
 
     def __init__(self, broker: RedisBroker, tally: WorkerTally) -> None:
         self._broker = broker
         self.tally = tally
         self.current: Optional[Message] = None
-        self._keys = [broker._key("wake"), broker._own_wake]
+        slot = f"{broker._worker_id}:{next(broker._slots)}"
+        visibility_ms = int(broker.visibility_timeout * 1000)
+        self._waiter = f"{visibility_ms}|{slot}"
+        self.inbox = broker._key("inbox:" + slot)
+        """This consumer's inbox key in Redis."""
+        self._blocking = [self.inbox, broker._own_wake]
+        # take()'s arguments (redis_scripts): noted as waiting a little longer
+        # than one blocking pop lasts, so a live waiter never lapses.
+        self._take = [visibility_ms, self._waiter, int((_BLOCK + 1) * 1000),
+                      broker._room_channel, broker._maxsize()]
+        self._next: Optional[Message] = None  # taken with the last outcome
+        self._waiting = False  # noted in Redis as a waiter by the last script
+
+    def take_args(self) -> List[Any]:
+        """What a script needs to take a task for this consumer (see redis_scripts)."""
+        return self._take
 
     def receive(self) -> Optional[Message]:
         """The next task leased to this process, started; None once stopped."""
@@ -900,9 +952,13 @@ class RedisConsumer(Consumer):
         backoff = _BACKOFF_FIRST
         while broker._fetching:
             try:
-                message = broker._fetch()
+                message, self._next = self._next, None
+                if message is None and not self._waiting:
+                    message = broker._fetch(self)  # if none ready, it notes this one waits
+                if message is None and self._waiting:
+                    self._waiting = False  # looked at again after one blocking pop
+                    message = self._wait()
                 if message is None:
-                    broker._client.blpop(self._keys, timeout=_BLOCK)
                     continue
             except (BrokerError, broker._redis.RedisError) as exc:
                 broker._outage.began(exc)
@@ -910,15 +966,39 @@ class RedisConsumer(Consumer):
                 backoff = min(_BACKOFF_MOST, backoff * 2)
                 continue
             broker._outage.over()
-            message.attempts += 1
-            message.handle._begin(message.attempts)
-            self.current = message
-            tally = self.tally
-            tally.running = 1
-            if message.attempts > 1:
-                tally.retried += 1
-            return message
+            return self._started(message)
+        self._leave()
         return None
+
+    def _wait(self) -> Optional[Message]:
+        # Block on the inbox (or this process's stop) for at most _BLOCK s.
+        popped = self._broker._client.blpop(self._blocking, timeout=_BLOCK)
+        if popped is None or _text(popped[0]) != self.inbox:
+            return None
+        return self._broker._leased_message([popped[1]])
+
+    def _started(self, message: Message) -> Message:
+        message.attempts += 1
+        message.handle._begin(message.attempts)
+        self.current = message
+        tally = self.tally
+        tally.running = 1
+        if message.attempts > 1:
+            tally.retried += 1
+        return message
+
+    def _leave(self) -> None:
+        # This thread takes no more: no longer a waiter, and what was handed
+        # to it but not started goes back at once, for another worker.
+        message, self._next = self._next, None
+        self._waiting = False
+        broker = self._broker
+        try:
+            if message is not None:
+                broker._hand_back(message, started=False)
+            broker._call("LEAVE", [broker._events, self._waiter, self.inbox])
+        except BrokerError:
+            pass  # the leases run out instead
 
     def resume(self, message: Message) -> bool:
         """Never used: a Redis retry goes back through Redis (see reschedule)."""
@@ -953,7 +1033,7 @@ class RedisConsumer(Consumer):
     def _reported(self, message: Message, state: str, outcome: Dict[str, Any],
                   letter: Optional[Dict[str, Any]] = None) -> None:
         try:
-            self._broker._finish(message, state, outcome, letter)
+            self._next = self._broker._finish(message, state, outcome, letter, then=self)
         except BrokerError as exc:
             # The lease runs out and another worker runs it again: at least once.
             log.error("task %s (%s): its outcome could not be reported (%s); its lease will "
@@ -963,7 +1043,7 @@ class RedisConsumer(Consumer):
         """Send the task back to Redis to wait out its backoff there."""
         self.tally.running = 0
         try:
-            self._broker._retry(message, delay)
+            self._next = self._broker._retry(message, delay, then=self)
         except BrokerError as exc:
             log.error("task %s (%s): its retry could not be recorded (%s); its lease will "
                       "run out and it runs again", message.name, message.id, exc)
@@ -984,13 +1064,13 @@ class RedisConsumer(Consumer):
     def crashed(self) -> None:
         """Hand what this consumer held back to Redis at once (it may run again)."""
         message, self.current = self.current, None
-        if message is None:
-            return
-        self.tally.running = 0
-        try:
-            self._broker._hand_back(message, started=True)
-        except BrokerError:
-            pass  # its lease runs out instead
+        if message is not None:
+            self.tally.running = 0
+            try:
+                self._broker._hand_back(message, started=True)
+            except BrokerError:
+                pass  # its lease runs out instead
+        self._leave()
 
 
 class _Outage:

@@ -1,11 +1,11 @@
 """The Redis broker's Lua scripts: every change of a task's state, each one atomic.
 
 Every key of one queue shares the hash tag ``{namespace}``, so that a Redis
-Cluster keeps them on one slot; every key is passed to each script in
-``KEYS`` (the structural keys first, in :data:`STRUCTURAL` order, then the
-one result key a script may write), and no script uses ``KEYS`` or
-``SCAN`` commands. Times come from the server (``TIME``), never from a
-client's clock: leases and due times mean the same on every host.
+Cluster keeps them on one slot. Each script is given one key, the queue's
+``messages`` hash, and names the others from its prefix (the same tag, so
+the same slot); no script uses ``KEYS`` or ``SCAN`` commands. Times come
+from the server (``TIME``), never from a client's clock: leases and due
+times mean the same on every host.
 
 The structural keys, and what each holds:
 
@@ -20,32 +20,45 @@ The structural keys, and what each holds:
 ``deliveries``  HASH id -> how many times it was handed to a worker
 ``unique``      HASH key -> the id of the live task that holds it
 ``dead``        HASH id -> a dead letter as JSON; ``dead_order`` ZSET id by failure time
-``stats``       HASH of counters (submitted, succeeded, failed, cancelled, retried, ...)
-``seq``         the sequence of ready entries; ``wake`` LIST a worker blocks on
+``stats``       HASH of counters (submitted, succeeded, failed, cancelled, retried, ...),
+                and ``seq``, the sequence of ready entries
 ``started``     HASH id -> when its running attempt started (ms)
 ``members``     HASH id -> its entry in ``ready``, while it is there
 ``workers``     HASH worker id -> what a consuming process last said of itself (JSON)
+``idle``        ZSET "visibility_ms|slot" by deadline (ms): worker threads waiting for a task
 ==============  =====================================================================
 
-A finished task's outcome is kept in ``result:<id>`` with a time to live:
-the only keys that are not structural, and each of them expires.
+Keys that are not structural, each of which expires: ``result:<id>`` (a
+finished task's outcome, for ``result_ttl``), ``inbox:<slot>`` (a task handed
+to one waiting worker thread, gone once it takes it), ``tick:<name>:<n>``
+(a periodic tick claimed), ``wake:<process>`` (stops one process's threads).
+
+How a task reaches a worker in one round trip: a worker thread that finds
+nothing ready says it waits (``idle``) in the same script, then blocks on its
+own inbox. Whatever makes a task ready (a submit, a retry, a due delay, a
+lapsed lease) leases it at once to the most recent waiter and pushes it to
+that inbox, so the blocking pop returns the task itself; only when nobody
+waits does it go to ``ready``. So a waiter exists only while nothing is
+ready, and priorities hold: a waiter is given the only task there is.
 """
 
 from __future__ import annotations
 
 __all__ = ["STRUCTURAL", "ENQUEUE", "FETCH", "FINISH", "RETRY", "HAND_BACK", "RENEW",
-           "REQUEUE_EXPIRED", "PROMOTE", "REQUEUE_DEAD"]
+           "REQUEUE_EXPIRED", "PROMOTE", "REQUEUE_DEAD", "LEAVE"]
 
 STRUCTURAL = ("messages", "meta", "ready", "delayed", "leases", "tokens", "deliveries", "unique",
-              "dead", "dead_order", "stats", "seq", "wake", "started", "members", "workers")
-"""The structural keys, in the order every script receives them."""
+              "dead", "dead_order", "stats", "started", "members", "workers", "idle")
+"""The structural keys: the only keys of a queue without a time to live."""
 
 _PRELUDE = """
+local P = string.sub(KEYS[1], 1, #KEYS[1] - #'messages')  -- '{namespace}:'
 local K = {}
-local names = {'messages', 'meta', 'ready', 'delayed', 'leases', 'tokens', 'deliveries',
-               'unique', 'dead', 'dead_order', 'stats', 'seq', 'wake', 'started', 'members',
-               'workers'}
-for i, name in ipairs(names) do K[name] = KEYS[i] end
+for _, name in ipairs({'messages', 'meta', 'ready', 'delayed', 'leases', 'tokens', 'deliveries',
+                       'unique', 'dead', 'dead_order', 'stats', 'started', 'members',
+                       'workers', 'idle'}) do
+  K[name] = P .. name
+end
 local events = ARGV[1]  -- the prefix of the producers' event channels
 
 local function now_ms()
@@ -53,18 +66,73 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function to_ready(id, priority)
-  local seq = redis.call('INCR', K.seq)
-  local member = string.format('%020d|%s', seq, id)
-  redis.call('ZADD', K.ready, -priority, member)
-  redis.call('HSET', K.members, id, member)
-  redis.call('LPUSH', K.wake, '1')
-  redis.call('LTRIM', K.wake, 0, 99)
-end
-
 local function tell(meta, event)
   if meta.producer and meta.producer ~= cjson.null then
     redis.call('PUBLISH', events .. meta.producer, event)
+  end
+end
+
+-- Lease a task to one delivery: returns what a worker is given.
+local function lease(id, meta_json, visibility_ms, now)
+  local delivery = redis.call('HINCRBY', K.deliveries, id, 1)
+  redis.call('HSET', K.tokens, id, delivery)
+  redis.call('ZADD', K.leases, now + visibility_ms, id)
+  redis.call('HSET', K.started, id, now)
+  if delivery > 1 then redis.call('HINCRBY', K.stats, 'retried', 1) end
+  local meta = cjson.decode(meta_json)
+  tell(meta, '{"id":"' .. id .. '","state":"running","attempts":' .. delivery .. '}')
+  return delivery
+end
+
+-- A task may start now: to the most recent waiting worker, else to ready.
+local function to_ready(id, priority)
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', K.idle, '-inf', now)  -- waiters that went away
+  local waiter = redis.call('ZPOPMAX', K.idle)
+  if #waiter > 0 then
+    local member = waiter[1]
+    local bar = string.find(member, '|', 1, true)
+    local visibility_ms = tonumber(string.sub(member, 1, bar - 1))
+    local inbox = P .. 'inbox:' .. string.sub(member, bar + 1)
+    local meta_json = redis.call('HGET', K.meta, id)
+    local delivery = lease(id, meta_json, visibility_ms, now)
+    redis.call('RPUSH', inbox, id .. '\\n' .. delivery .. '\\n' .. meta_json .. '\\n' ..
+               redis.call('HGET', K.messages, id))
+    redis.call('PEXPIRE', inbox, 2 * visibility_ms + 1000)
+    return
+  end
+  local seq = redis.call('HINCRBY', K.stats, 'seq', 1)  -- no key of its own to linger
+  local member = string.format('%020d|%s', seq, id)
+  redis.call('ZADD', K.ready, -priority, member)
+  redis.call('HSET', K.members, id, member)
+end
+
+-- The first ready task, leased; or, if none and the caller waits, note it
+-- as a waiter (until now + wait_ms). ARGV from ``first``: visibility_ms,
+-- waiter member ('' for none), wait_ms, room channel, maxsize.
+local function take(first)
+  local visibility_ms, waiter = tonumber(ARGV[first]), ARGV[first + 1]
+  local maxsize = tonumber(ARGV[first + 4])
+  while true do
+    local size = redis.call('ZCARD', K.ready)
+    local popped = redis.call('ZPOPMIN', K.ready, 1)
+    if #popped == 0 then
+      if waiter ~= '' then
+        redis.call('ZADD', K.idle, now_ms() + tonumber(ARGV[first + 2]), waiter)
+      end
+      return false
+    end
+    local id = string.sub(popped[1], 22)
+    redis.call('HDEL', K.members, id)
+    local body = redis.call('HGET', K.messages, id)
+    if body then
+      local meta_json = redis.call('HGET', K.meta, id)
+      local delivery = lease(id, meta_json, visibility_ms, now_ms())
+      if maxsize > 0 and size >= maxsize then
+        redis.call('PUBLISH', ARGV[first + 3], '1')  -- a producer may be waiting for room
+      end
+      return {id, body, delivery, meta_json}
+    end
   end
 end
 
@@ -111,51 +179,33 @@ return enqueue(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], AR
 """
 
 FETCH = _PRELUDE + """
--- ARGV: events, visibility_ms, room channel, maxsize
--- Takes the first ready task and leases it. Returns nil, or {id, body, delivery, meta}.
-while true do
-  local size = redis.call('ZCARD', K.ready)
-  local popped = redis.call('ZPOPMIN', K.ready, 1)
-  if #popped == 0 then return false end
-  local id = string.sub(popped[1], 22)
-  redis.call('HDEL', K.members, id)
-  local body = redis.call('HGET', K.messages, id)
-  if body then
-    local delivery = redis.call('HINCRBY', K.deliveries, id, 1)
-    local now = now_ms()
-    redis.call('HSET', K.tokens, id, delivery)
-    redis.call('ZADD', K.leases, now + tonumber(ARGV[2]), id)
-    redis.call('HSET', K.started, id, now)
-    if delivery > 1 then redis.call('HINCRBY', K.stats, 'retried', 1) end
-    local meta_json = redis.call('HGET', K.meta, id)
-    local meta = cjson.decode(meta_json)
-    tell(meta, cjson.encode({id = id, state = 'running', attempts = delivery}))
-    if tonumber(ARGV[4]) > 0 and size >= tonumber(ARGV[4]) then
-      redis.call('PUBLISH', ARGV[3], '1')  -- a producer may be waiting for this room
-    end
-    return {id, body, delivery, meta_json}
-  end
-end
+-- ARGV: events, then take()'s: visibility_ms, waiter, wait_ms, room channel, maxsize;
+-- then this waiter's inbox key.
+-- A task handed to this waiter's inbox first (it came as the wait ran
+-- out), else the first ready one; else the caller is noted as a waiter.
+-- Returns nil, or {id, body, delivery, meta} (a handed task: {item} whole).
+local handed = redis.call('LPOP', ARGV[7])
+if handed then return {handed} end
+return take(2)
 """
 
 FINISH = _PRELUDE + """
 -- ARGV: events, id, token or '' (a cancel), outcome, ttl, counter, letter or '',
---       dead letter limit, failed_at_ms
--- KEYS[17]: the task's result key.
--- Returns 1 done, 0 the task is gone, -1 fenced (another delivery holds the lease),
--- -2 (a cancel) it runs now.
+--       dead letter limit, failed_at_ms, then take()'s five (visibility_ms '' : none).
+-- Returns {1, next} done (next: as FETCH, or false), {0} the task is gone,
+-- {-1} fenced (another delivery holds the lease), {-2} (a cancel) it runs now.
 local id = ARGV[2]
 local meta_json = redis.call('HGET', K.meta, id)
-if not meta_json then return 0 end
+if not meta_json then return {0} end
 if ARGV[3] == '' then
-  if redis.call('ZSCORE', K.leases, id) then return -2 end
+  if redis.call('ZSCORE', K.leases, id) then return {-2} end
 elseif redis.call('HGET', K.tokens, id) ~= ARGV[3] then
-  return -1
+  return {-1}
 end
 local meta = cjson.decode(meta_json)
 forget(id, meta)
 redis.call('HINCRBY', K.stats, ARGV[6], 1)
-redis.call('SET', KEYS[17], ARGV[4], 'EX', ARGV[5])
+redis.call('SET', P .. 'result:' .. id, ARGV[4], 'EX', ARGV[5])
 if ARGV[7] ~= '' then
   redis.call('HSET', K.dead, id, ARGV[7])
   redis.call('ZADD', K.dead_order, ARGV[9], id)
@@ -167,25 +217,27 @@ if ARGV[7] ~= '' then
   end
 end
 tell(meta, ARGV[4])
-return 1
+if ARGV[10] == '' then return {1, false} end
+return {1, take(10)}
 """
 
 RETRY = _PRELUDE + """
--- ARGV: events, id, token, delay_ms, event
--- Returns 1, or -1 fenced.
+-- ARGV: events, id, token, delay_ms, event, then take()'s five (visibility_ms '': none).
+-- Returns {1, next} (next: as FETCH, or false), or {-1} fenced.
 local id = ARGV[2]
-if redis.call('HGET', K.tokens, id) ~= ARGV[3] then return -1 end
+if redis.call('HGET', K.tokens, id) ~= ARGV[3] then return {-1} end
 redis.call('ZREM', K.leases, id)
 redis.call('HDEL', K.tokens, id)
 redis.call('HDEL', K.started, id)
 local meta = cjson.decode(redis.call('HGET', K.meta, id))
+tell(meta, ARGV[5])
 if tonumber(ARGV[4]) > 0 then
   redis.call('ZADD', K.delayed, now_ms() + tonumber(ARGV[4]), id)
 else
   to_ready(id, meta.priority)
 end
-tell(meta, ARGV[5])
-return 1
+if ARGV[6] == '' then return {1, false} end
+return {1, take(6)}
 """
 
 HAND_BACK = _PRELUDE + """
@@ -200,8 +252,8 @@ redis.call('HDEL', K.tokens, id)
 redis.call('HDEL', K.started, id)
 if ARGV[5] == '1' then redis.call('HINCRBY', K.deliveries, id, -1) end
 local meta = cjson.decode(redis.call('HGET', K.meta, id))
+tell(meta, ARGV[4])  -- before to_ready, which may tell it runs again
 to_ready(id, meta.priority)
-tell(meta, ARGV[4])
 return 1
 """
 
@@ -230,8 +282,8 @@ for _, id in ipairs(expired) do
   local meta_json = redis.call('HGET', K.meta, id)
   if meta_json then
     local meta = cjson.decode(meta_json)
-    to_ready(id, meta.priority)
     tell(meta, cjson.encode({id = id, state = 'pending'}))
+    to_ready(id, meta.priority)
   end
 end
 return #expired
@@ -247,8 +299,8 @@ for _, id in ipairs(due) do
   local meta_json = redis.call('HGET', K.meta, id)
   if meta_json then
     local meta = cjson.decode(meta_json)
-    to_ready(id, meta.priority)
     tell(meta, cjson.encode({id = id, state = 'pending'}))
+    to_ready(id, meta.priority)
   end
 end
 local next_due = redis.call('ZRANGE', K.delayed, 0, 0, 'WITHSCORES')
@@ -268,4 +320,28 @@ if taken[1] == 1 then
   redis.call('ZREM', K.dead_order, ARGV[2])
 end
 return taken
+"""
+
+LEAVE = _PRELUDE + """
+-- ARGV: events, waiter member, its inbox key. A worker thread stops waiting:
+-- it is no waiter any more, and what was handed to it and not taken goes
+-- back at once (those deliveries do not count). Returns how many.
+redis.call('ZREM', K.idle, ARGV[2])
+local handed = redis.call('LRANGE', ARGV[3], 0, -1)
+redis.call('DEL', ARGV[3])
+for _, item in ipairs(handed) do
+  local first = string.find(item, '\\n', 1, true)
+  local id = string.sub(item, 1, first - 1)
+  local delivery = string.sub(item, first + 1, string.find(item, '\\n', first + 1, true) - 1)
+  if redis.call('HGET', K.tokens, id) == delivery then  -- not taken over since
+    redis.call('ZREM', K.leases, id)
+    redis.call('HDEL', K.tokens, id)
+    redis.call('HDEL', K.started, id)
+    redis.call('HINCRBY', K.deliveries, id, -1)
+    local meta = cjson.decode(redis.call('HGET', K.meta, id))
+    tell(meta, '{"id":"' .. id .. '","state":"pending"}')
+    to_ready(id, meta.priority)
+  end
+end
+return #handed
 """
