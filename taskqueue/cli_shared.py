@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
-from . import BrokerError, RedisBroker, TaskQueue
+from . import BrokerError, QueueClosed, RedisBroker, TaskFailed, TaskQueue
 
 __all__ = ["add_worker", "add_redis"]
 
@@ -46,6 +46,9 @@ for the workers find them by name.
 SIGTERM or Ctrl-C stops it gracefully: it takes no new task, lets the running
 ones finish (at most --grace seconds, then hands them back to the queue at
 once for another worker), and exits 0. A second signal stops it at once.
+
+A server that cannot be reached at the start (or refuses the password) is an
+error (exit status 2); once running, the workers ride out an outage.
 """
 
 
@@ -74,13 +77,20 @@ def add_worker(commands: argparse._SubParsersAction, log_levels: Dict[str, int],
 def _run_worker(args: argparse.Namespace) -> int:
     try:
         queue = load_queue(args.target)
-    except UsageError as exc:
+        # One round trip before any thread starts: a server that cannot be
+        # reached (or refuses the password) at start is a wrong command line,
+        # not an outage to ride out, with or without --workers.
+        configured = queue.stats().workers
+    except (UsageError, BrokerError) as exc:
         return _usage("worker", str(exc))
+    workers = args.workers or configured
+    if workers < 1:
+        return _usage("worker", f"{args.target} has workers=0 (it only submits); "
+                                "pass --workers N")
     stop = _Signals()
-    workers = args.workers or queue.stats().workers
     try:
         queue.start(workers=workers)
-    except (BrokerError, ValueError) as exc:
+    except (BrokerError, QueueClosed, ValueError) as exc:
         return _usage("worker", str(exc))
     broker = queue.broker
     where = f"{broker.url} namespace {broker.namespace}" if isinstance(broker, RedisBroker) \
@@ -120,7 +130,8 @@ def load_queue(target: str) -> TaskQueue:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # whatever the module raises on import: one line
+    # Whatever the module raises on import, sys.exit() included: one line.
+    except (Exception, SystemExit) as exc:
         raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     try:
         found = getattr(module, attr)
@@ -226,7 +237,7 @@ def _act(broker: RedisBroker, args: argparse.Namespace) -> None:
         for letter in letters:
             print(f"  {letter.task_id}  {letter.task.name}  {letter.attempts} attempt(s)  "
                   f"failed {_when(letter.failed_at)}")
-            print(f"    {_one_line(letter.exception)}")
+            print(f"    {_one_line(_error(letter.exception))}")
     else:
         _print_summary(broker)
 
@@ -260,6 +271,14 @@ def _usage(command: str, message: str) -> int:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+def _error(exc: BaseException) -> str:
+    # The remote error's type and message, as `journal --dead` shows it: str()
+    # of a TaskFailed carries the whole remote traceback too.
+    if isinstance(exc, TaskFailed):
+        return f"{exc.type_name}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _when(epoch: Optional[float]) -> str:
