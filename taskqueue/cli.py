@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Callable, Iterator, List, Optional
 
-from . import Journal, JournalError, JournalView
+from . import BrokerError, Journal, JournalError, JournalView
 from .cli_shared import add_redis, add_worker
-from .demo import BACKOFF, LATENCY, RETRIES, run_demo
+from .demo import BACKOFF, LATENCY, RETRIES, WORKER_PROCESSES, DemoError, run_demo
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -127,6 +127,14 @@ of the dead letters.
 
 The seed fixes which calls fail, so a run can be repeated: every run prints
 its seed. Timings vary from run to run. The defaults finish in a few seconds.
+
+With --broker redis://HOST:PORT/DB the tasks go through Redis: this process
+only submits, to a namespace of its own, and {WORKER_PROCESSES} worker processes
+(`{PROG} worker`, each with --workers threads and this --log-level) send the
+emails. A seed gives the same outcomes as without --broker; the summary says
+which process sent how many (wait and run times stay with the workers). At
+the end, or on Ctrl-C or an error, the workers are stopped with SIGTERM and
+the namespace's keys deleted. It needs redis-py: pip install 'taskqueue[redis]'.
 """
 
 
@@ -140,7 +148,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--bookings", type=_whole_number(1), default=500, metavar="N",
                       help="how many bookings, one email each; at least 1 (default: %(default)s)")
     demo.add_argument("--workers", type=_whole_number(1, MAX_WORKERS), default=8, metavar="N",
-                      help=f"worker threads, 1 to {MAX_WORKERS} (default: %(default)s)")
+                      help=f"worker threads, 1 to {MAX_WORKERS}; with --broker, in each worker "
+                           "process (default: %(default)s)")
     demo.add_argument("--failure-rate", type=_share, default=0.2, metavar="RATE",
                       help="share of mail-service calls that fail, from 0 to 1 "
                            "(default: %(default)s)")
@@ -151,16 +160,28 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
                       help="keep the queue's tasks in this journal file: kill the demo "
                            "(Ctrl-C, kill -9) and run it again with the same file to see "
                            "the unfinished emails sent")
+    demo.add_argument("--broker", default=None, metavar="URL",
+                      help=f"run the queue in this Redis (redis://HOST:PORT/DB), its workers in "
+                           f"{WORKER_PROCESSES} child processes; not with --journal")
     _add_log_level(demo)
     demo.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.broker is not None and args.journal is not None:
+        return _demo_error("--broker and --journal do not go together: with --broker the "
+                           "tasks are kept in Redis")
     try:
         return run_demo(args.bookings, args.workers, args.failure_rate, args.seed,
-                        journal=args.journal)
-    except JournalError as exc:
-        return _journal_error(f"{PROG} demo", str(exc))
+                        journal=args.journal, broker=args.broker,
+                        worker_log_level=args.log_level)
+    except (JournalError, DemoError, BrokerError) as exc:
+        return _demo_error(str(exc))
+
+
+def _demo_error(message: str) -> int:
+    print(f"{PROG} demo: error: {_single_line(message)}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 # -- journal ----------------------------------------------------------------

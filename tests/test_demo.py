@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import os
 import threading
 from typing import List, Tuple
 
 import pytest
 
 from conftest import FakeClock
-from taskqueue import Event, EventKind
+from taskqueue import DeadLetter, Event, EventKind, TaskFailed
 from taskqueue.demo import (
     LATENCY,
     RETRIES,
@@ -19,8 +21,11 @@ from taskqueue.demo import (
     MailServerError,
     ProgressDisplay,
     Tally,
+    WorkerProcess,
     progress_line,
+    report,
     run_demo,
+    send_confirmation,
     simulate,
 )
 
@@ -101,6 +106,30 @@ def _succeeds(service: FakeMailService, booking: int) -> bool:
     except MailServerError:
         return False
     return True
+
+
+def test_an_attempt_told_its_number_ends_as_the_counted_one() -> None:
+    # A worker process sees some of a booking's attempts only: it is told their numbers
+    counted = outcomes(FakeMailService(0.5, seed=7, sleep=no_sleep))
+    told = FakeMailService(0.5, seed=7, sleep=no_sleep)
+    assert [_succeeds_as(told, booking, attempt) for booking in range(1, 41)
+            for attempt in range(1, 5)] == counted
+
+
+def _succeeds_as(service: FakeMailService, booking: int, attempt: int) -> bool:
+    try:
+        service.send(booking, attempt)
+    except MailServerError:
+        return False
+    return True
+
+
+def test_the_task_of_the_demo_on_redis_says_where_it_ran() -> None:
+    # Called directly, outside a worker, it is a first attempt
+    assert send_confirmation(4, 0.0, 1) == {"receipt": "confirmation for booking 4 sent",
+                                            "pid": os.getpid()}
+    with pytest.raises(MailServerError, match=rf"attempt 1\) in worker process {os.getpid()}$"):
+        send_confirmation(4, 1.0, 1)
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5, math.nan])
@@ -254,6 +283,37 @@ def test_run_demo_output_has_header_progress_stats_and_dead_letters() -> None:
     assert "\nDead letters: 15\n" in text
     assert "  booking 1: 4 attempts, MailServerError: " in text
     assert "  ... and 10 more\n" in text  # five listed, the rest counted
+
+
+def test_report_of_a_run_on_worker_processes_lists_them_and_what_failed_there() -> None:
+    # Given a run's result as the demo on Redis makes it: worker processes,
+    # and a dead letter whose error came back from one as a TaskFailed
+    result = simulate(1, 1, 1.0, 5, out=io.StringIO(), tty=False)
+    remote = TaskFailed("taskqueue.demo.MailServerError", "mail server did not accept the "
+                        "message (booking 1, attempt 4) in worker process 12")
+    local = result.dead_letters[0]
+    letter = DeadLetter(local.task, local.task_id, remote, "", local.attempts,
+                        local.submitted_at, local.failed_at)
+    result = dataclasses.replace(result, dead_letters=[letter],
+                                 processes=(WorkerProcess(11, 0, 0), WorkerProcess(12, 0, -9)))
+    out = io.StringIO()
+
+    report(result, out)
+
+    # Then the workers are listed, timings this process did not take are not
+    text = out.getvalue()
+    assert ("\nWorker processes\n  pid 11: 0 sent, exit status 0\n"
+            "  pid 12: 0 sent, exit status -9\n") in text
+    assert "p50" not in text and "attempts/s (whole run)" in text
+    # ... and the dead letter reads as it would have in one process
+    assert ("  booking 1: 4 attempts, MailServerError: mail server did not accept the message "
+            "(booking 1, attempt 4) in worker process 12\n") in text
+
+
+def test_run_demo_refuses_a_journal_and_a_broker() -> None:
+    with pytest.raises(ValueError, match="journal or broker"):
+        run_demo(5, 2, 0.1, seed=1, out=io.StringIO(), journal="x.journal",
+                 broker="redis://127.0.0.1:6379/0")
 
 
 def test_run_demo_on_a_terminal_rewrites_the_progress_line() -> None:
