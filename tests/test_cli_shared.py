@@ -491,11 +491,6 @@ def test_a_password_is_never_printed(private_redis: PrivateRedis, spawn: Callabl
     assert "pw-s3cret-42" not in worker.log()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug in taskqueue/brokers/redis.py, RedisBroker._maintain: it catches "
-    "redis.RedisError, but self._call() turns those into BrokerError, which falls to the "
-    "'except Exception' branch: an ERROR with a traceback every 0.1 s for the whole outage, "
-    "and its backoff never grows"))
 def test_a_redis_outage_is_logged_without_tracebacks(tmp_path: Path,
                                                      spawn: Callable[..., Worker]) -> None:
     server = PrivateRedis(tmp_path / "redis", persistent=False)

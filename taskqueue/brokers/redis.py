@@ -159,11 +159,14 @@ class RedisBroker(Broker):
         self._producer = uuid.uuid4().hex
         self._events = self._prefix + "events:"
         self._room_channel = self._prefix + "room"
+        self._due_channel = self._prefix + "due"  # a task got a due time somewhere
         self._own_wake = self._prefix + "wake:" + self._producer  # stops this process's receives
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._pending: Dict[str, TaskHandle] = {}  # this process's submissions, until they end
-        self._sent: set = set()  # of those, the ones Redis has taken in
+        # This process's submissions, until they end; entered before the script
+        # that writes them runs, so a catch-up after (re)subscribing sees every
+        # task whose outcome may have been published while nobody listened.
+        self._pending: Dict[str, TaskHandle] = {}
         self._foreign: set = set()  # handles of other processes' tasks (a shared key), polled
         self._running: Dict[str, Tuple[str, Message]] = {}  # leased here: id -> (token, message)
         self._binding: Optional[Binding] = None
@@ -173,6 +176,7 @@ class RedisBroker(Broker):
         self._accepting = True
         self._fetching = False
         self._closed = threading.Event()  # the broker's own threads end
+        self._due_changed = threading.Event()  # a task got a due time: promote sooner
         self._listener: Optional[threading.Thread] = None
         self._maintainer: Optional[threading.Thread] = None
         self._outage = _Outage(self.url)
@@ -217,6 +221,7 @@ class RedisBroker(Broker):
     def shutdown(self) -> None:
         """Stop the broker's threads and close its connections; idempotent."""
         self._closed.set()
+        self._due_changed.set()
         self._fetching = False
         for thread in self.threads():
             if thread is not threading.current_thread():
@@ -264,7 +269,6 @@ class RedisBroker(Broker):
             raise
         if code == 1:
             with self._lock:
-                self._sent.add(task_id)
                 self._submitted += 1
             return handle
         with self._lock:
@@ -303,7 +307,6 @@ class RedisBroker(Broker):
             handle = TaskHandle("(task of another process)", self._cancel_remote)
             handle._id = task_id
             self._pending[task_id] = handle
-            self._sent.add(task_id)
             self._foreign.add(task_id)
         return handle
 
@@ -334,7 +337,8 @@ class RedisBroker(Broker):
             pubsub = None
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._events + self._producer, self._room_channel)
+                pubsub.subscribe(self._events + self._producer, self._room_channel,
+                                 self._due_channel)
                 self._catch_up(everything=True)
                 self._outage.over()
                 backoff = _BACKOFF_FIRST
@@ -361,7 +365,11 @@ class RedisBroker(Broker):
                         pass
 
     def _heard(self, event: Dict[str, Any]) -> None:
-        if _text(event.get("channel")) == self._room_channel:
+        channel = _text(event.get("channel"))
+        if channel == self._due_channel:
+            self._due_changed.set()
+            return
+        if channel == self._room_channel:
             with self._room:
                 self._room.notify_all()
             return
@@ -382,7 +390,6 @@ class RedisBroker(Broker):
             return
         with self._lock:
             self._pending.pop(task_id, None)  # type: ignore[arg-type]
-            self._sent.discard(task_id)
             self._foreign.discard(task_id)
         handle._attempts = int(outcome.get("attempts", handle.attempts))
         if state == "succeeded":
@@ -396,7 +403,7 @@ class RedisBroker(Broker):
         # Outcomes this process may have missed (it was disconnected, or it
         # follows another process's task): read from their result keys.
         with self._lock:
-            ids = list(self._sent if everything else self._foreign)
+            ids = list(self._pending if everything else self._foreign)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             found = self._client.mget([self._result_key(i) for i in chunk])
@@ -590,8 +597,10 @@ class RedisBroker(Broker):
                 wait = min(next_renew, next_reclaim, next_beat) - time.monotonic()
                 if int(next_due_ms) >= 0:
                     wait = min(wait, int(next_due_ms) / 1000)
-                self._closed.wait(max(0.005, min(wait, 1.0)))
-            except self._redis.RedisError as exc:
+                # Woken early when a task gets a due time (the listener hears it).
+                self._due_changed.wait(max(0.005, min(wait, 1.0)))
+                self._due_changed.clear()
+            except (BrokerError, self._redis.RedisError) as exc:
                 self._outage.began(exc)
                 self._closed.wait(backoff)
                 backoff = min(_BACKOFF_MOST, backoff * 2)
@@ -644,7 +653,6 @@ class RedisBroker(Broker):
             return None
         with self._lock:
             self._pending.pop(handle.id, None)
-            self._sent.discard(handle.id)
             self._foreign.discard(handle.id)
         callbacks = handle._mark_cancelled()
         message = handle._message or Message(None, (), None, handle.name, RetryPolicy(
@@ -721,8 +729,10 @@ class RedisBroker(Broker):
 
     def _wake_own_consumers(self) -> None:
         try:
-            self._client.lpush(self._own_wake, *(["1"] * 256))  # one per thread
-            self._client.expire(self._own_wake, 60)
+            with self._client.pipeline(transaction=True) as pipe:  # never without its TTL
+                pipe.lpush(self._own_wake, *(["1"] * 256))  # one per thread
+                pipe.expire(self._own_wake, 60)
+                pipe.execute()
         except self._redis.RedisError:
             pass  # they look again within _BLOCK seconds
 
@@ -782,8 +792,6 @@ class RedisBroker(Broker):
             raise
         code = int(code)
         if code == 1:
-            with self._lock:
-                self._sent.add(task_id)
             return message.handle
         with self._lock:
             self._pending.pop(task_id, None)

@@ -32,6 +32,8 @@ Keys that are not structural, each of which expires: ``result:<id>`` (a
 finished task's outcome, for ``result_ttl``), ``inbox:<slot>`` (a task handed
 to one waiting worker thread, gone once it takes it), ``tick:<name>:<n>``
 (a periodic tick claimed), ``wake:<process>`` (stops one process's threads).
+Channels: ``events:<producer>`` (a producer's tasks' progress), ``room`` (a
+full queue has room), ``due`` (a task got a due time: the timers look again).
 
 How a task reaches a worker in one round trip: a worker thread that finds
 nothing ready says it waits (``idle``) in the same script, then blocks on its
@@ -167,6 +169,7 @@ local function enqueue(id, body, meta_json, priority, delay, key, maxsize, bound
     to_ready(id, tonumber(priority))
   else
     redis.call('ZADD', K.delayed, now_ms() + tonumber(delay), id)
+    redis.call('PUBLISH', P .. 'due', '1')  -- the workers' timers look again
   end
   return {1, id}
 end
@@ -233,6 +236,7 @@ local meta = cjson.decode(redis.call('HGET', K.meta, id))
 tell(meta, ARGV[5])
 if tonumber(ARGV[4]) > 0 then
   redis.call('ZADD', K.delayed, now_ms() + tonumber(ARGV[4]), id)
+  redis.call('PUBLISH', P .. 'due', '1')  -- the workers' timers look again
 else
   to_ready(id, meta.priority)
 end
