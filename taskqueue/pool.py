@@ -447,7 +447,7 @@ class TaskQueue(Executor):
         task = periodic_task(fn, args, kwargs)
         if not self._lifecycle.ready:
             self._open()
-        claim = getattr(self._broker, "claim_tick", None) if self._broker.shared else None
+        claim = self._broker.claim_tick if self._broker.shared else None
         periodic = Periodic(task, interval, submit=self._submit_run, schedule=self._timer.schedule,
                             unschedule=self._timer.cancel, clock=self._clock, claim=claim)
         self._periodics.add(periodic)

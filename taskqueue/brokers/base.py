@@ -318,6 +318,15 @@ class Broker(abc.ABC):
         """How many tasks this process has taken in (the interpreter-exit drain's measure)."""
         return self.counts().submitted
 
+    def claim_tick(self, name: str, tick: int, interval: float) -> bool:
+        """Whether this process fires tick ``tick`` of the periodic task ``name``.
+
+        Asked only of a shared broker, whose processes each run the same
+        ``every()``: one of them must win each tick. By default every
+        process fires (a broker that is not shared has one).
+        """
+        return True
+
     def threads(self) -> FrozenSet[threading.Thread]:
         """The threads the broker runs itself (a timer, a writer): none by default."""
         return frozenset()
