@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 import threading
 from typing import List, Tuple
 
@@ -25,7 +24,6 @@ from taskqueue.demo import (
     progress_line,
     report,
     run_demo,
-    send_confirmation,
     simulate,
 )
 
@@ -122,14 +120,6 @@ def _succeeds_as(service: FakeMailService, booking: int, attempt: int) -> bool:
     except MailServerError:
         return False
     return True
-
-
-def test_the_task_of_the_demo_on_redis_says_where_it_ran() -> None:
-    # Called directly, outside a worker, it is a first attempt
-    assert send_confirmation(4, 0.0, 1) == {"receipt": "confirmation for booking 4 sent",
-                                            "pid": os.getpid()}
-    with pytest.raises(MailServerError, match=rf"attempt 1\) in worker process {os.getpid()}$"):
-        send_confirmation(4, 1.0, 1)
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5, math.nan])

@@ -8,7 +8,8 @@ workers are gone and that no key of the namespace is left. Nothing sleeps:
 the tests read the demo's output as it comes and wait for processes to end.
 
 The run tests skip without Redis (fail under TASKQUEUE_REQUIRE_REDIS=1);
-the refusals need at most redis-py.
+the refusals need at most redis-py. The workers' task (in
+:mod:`taskqueue.demo_redis`) is also called directly, which needs neither.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 
 from conftest import need_redis
+from taskqueue.demo import MailServerError
+from taskqueue.demo_redis import send_confirmation
 from test_demo import replay
 
 pytestmark = pytest.mark.timeout(40)
@@ -320,6 +323,16 @@ def test_the_in_memory_demo_needs_no_redis_py(runs: Runs, no_redis_py: str) -> N
 
 
 def test_the_demos_worker_queue_outside_the_demo_is_refused_in_one_line(runs: Runs) -> None:
-    done = runs.run("worker", "taskqueue.demo:worker_queue")
+    done = runs.run("worker", "taskqueue.demo_redis:worker_queue")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "TASKQUEUE_DEMO_BROKER is not set" in done.stderr
+
+
+# -- the task, called directly ----------------------------------------------------------------
+
+def test_the_task_of_the_demo_on_redis_says_where_it_ran() -> None:
+    # Called directly, outside a worker, it is a first attempt
+    assert send_confirmation(4, 0.0, 1) == {"receipt": "confirmation for booking 4 sent",
+                                            "pid": os.getpid()}
+    with pytest.raises(MailServerError, match=rf"attempt 1\) in worker process {os.getpid()}$"):
+        send_confirmation(4, 1.0, 1)

@@ -29,7 +29,7 @@ LAYERS: Dict[str, int] = {
     "__init__": 13,
 }
 # The command line and the demo are users: only the package's public names.
-USERS = {"cli", "cli_shared", "demo", "__main__"}
+USERS = {"cli", "cli_shared", "demo", "demo_redis", "__main__"}
 # A broker never imports the queue's own parts above it (pool, settle, ...):
 # the layers already say so; this names the rule the layers serve.
 BROKER_MODULES = {name for name in LAYERS if name.startswith("brokers.")}
@@ -40,11 +40,15 @@ def module_name(path: Path) -> str:
     return ".".join(relative.parts)
 
 
-def imported_modules(path: Path) -> Set[str]:
-    """Package modules that ``path`` imports, named as in LAYERS."""
+def imported_modules(path: Path, *, on_import: bool = False) -> Set[str]:
+    """Package modules that ``path`` imports, named as in LAYERS.
+
+    With ``on_import``, only those imported when the module itself is: not
+    the imports inside a function, made when it is called.
+    """
     here = module_name(path).split(".")[:-1]  # the package the module is in, below taskqueue
     found: Set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text()), skip_functions=on_import):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
@@ -65,7 +69,7 @@ def imported_modules(path: Path) -> Set[str]:
     return found
 
 
-def _runtime_nodes(tree: ast.AST):
+def _runtime_nodes(tree: ast.AST, *, skip_functions: bool = False):
     # Every node but those under "if TYPE_CHECKING:": an import made only for
     # type hints is no dependency at run time (task and message name each other).
     stack = [tree]
@@ -75,6 +79,8 @@ def _runtime_nodes(tree: ast.AST):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.dump(child.test):
                 stack.extend(child.orelse)
+                continue
+            if skip_functions and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             stack.append(child)
 
@@ -113,3 +119,14 @@ def test_the_cli_and_demo_use_only_public_names() -> None:
     for name in USERS:
         for imported in imported_modules(PACKAGE / f"{name}.py"):
             assert imported in USERS | {"__init__"}, f"{name} imports taskqueue.{imported}"
+
+
+def test_the_redis_demo_builds_on_the_demo_and_is_loaded_only_when_asked_for() -> None:
+    # demo_redis uses the demo's pieces; the demo (its run_demo, given a
+    # broker) imports demo_redis only inside a function, so neither the
+    # in-memory demo nor the CLI loads the Redis one.
+    assert "demo" in imported_modules(PACKAGE / "demo_redis.py", on_import=True)
+    for name in USERS - {"demo_redis"}:
+        loaded = imported_modules(PACKAGE / f"{name}.py", on_import=True)
+        assert "demo_redis" not in loaded, f"importing {name} imports demo_redis"
+    assert "demo_redis" in imported_modules(PACKAGE / "demo.py")  # lazily, in run_demo
