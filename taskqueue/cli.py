@@ -351,7 +351,8 @@ COMMANDS = {
 
 def _add_log_level(parser: ArgumentParser) -> None:
     parser.add_argument(
-        "--log-level", choices=list(LOG_LEVELS), default="critical", metavar="LEVEL",
+        "--log-level", type=str.lower, choices=list(LOG_LEVELS), default="critical",
+        metavar="LEVEL",
         help="which of taskqueue's log records to print to stderr: "
              f"{', '.join(LOG_LEVELS)}. Retries are logged at info, tasks that "
              "fail for good at error (with a traceback). The default, critical, "

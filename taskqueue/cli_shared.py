@@ -63,7 +63,8 @@ def add_worker(commands: argparse._SubParsersAction, log_levels: Dict[str, int],
                         help="worker threads (default: the queue's workers)")
     worker.add_argument("--grace", type=_seconds, default=30.0, metavar="S",
                         help="seconds running tasks get to finish on a stop (default: 30)")
-    worker.add_argument("--log-level", choices=list(log_levels), default="info", metavar="LEVEL",
+    worker.add_argument("--log-level", type=str.lower, choices=list(log_levels), default="info",
+                        metavar="LEVEL",
                         help=f"which of taskqueue's log records to print: {', '.join(log_levels)} "
                              "(default: info)")
 

@@ -135,7 +135,7 @@ def test_log_level_info_shows_the_librarys_retries_on_stderr(
     handlers, level = list(logger.handlers), logger.level
 
     assert main(["demo", "--bookings", "3", "--failure-rate", "1", "--seed", "1",
-                 "--log-level", "info"]) == 0
+                 "--log-level", "INFO"]) == 0  # spelt as logging spells it, too
 
     err = capsys.readouterr().err
     assert "INFO taskqueue.settle: task " in err and "retrying in" in err

@@ -449,7 +449,7 @@ def test_a_function_that_returns_the_queue_is_run(spawn: Callable[..., Worker], 
 
 def test_log_level_warning_leaves_out_the_info_lines(spawn: Callable[..., Worker], redis_url: str,
                                                      namespace: str, client: Any) -> None:
-    worker = spawn("app:queue", "--log-level", "warning", env=environment(redis_url, namespace))
+    worker = spawn("app:queue", "--log-level", "WARNING", env=environment(redis_url, namespace))
     queue = producer(redis_url, namespace)
     try:
         queue.tasks["send_email"].submit("x@example.com")
