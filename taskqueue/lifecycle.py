@@ -155,7 +155,9 @@ class Lifecycle:
         """An initializer raised: refuse new work, fail what waits, stop the workers.
 
         As with ``ThreadPoolExecutor``: every task not started fails with
-        the :class:`QueueBroken` error, and so does every later submit.
+        the :class:`QueueBroken` error, and so does every later submit. On a
+        shared broker what waits is the other workers' to run: only this
+        process stops (its handles still end with the tasks' outcomes).
         """
         with self._lock:
             if self._broken is not None:
@@ -165,9 +167,10 @@ class Lifecycle:
                 "the pool is not usable any more")
             self.ready = False
             self._broker.close()
-        for message in self._broker.seal():
-            self._settle.refused(consumer, message, self._broken)
-        consumer.flush()  # the acknowledgements of what it failed count now
+        if not self._broker.shared:
+            for message in self._broker.seal():
+                self._settle.refused(consumer, message, self._broken)
+            consumer.flush()  # the acknowledgements of what it failed count now
         self._broker.stop_consumers()
 
     # -- shutting down ----------------------------------------------------------------

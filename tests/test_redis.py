@@ -12,6 +12,7 @@ TASKQUEUE_REQUIRE_REDIS=1, as CI runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -23,8 +24,8 @@ import pytest
 
 from broker_contract import Harness, eventually
 from conftest import WAIT, FakeClock, Gate
-from taskqueue import (BrokerError, EventKind, QueueClosed, QueueFull, RedisBroker, Retry, TaskFailed,
-                       TaskQueue, TaskState, TaskQueueError)
+from taskqueue import (Backoff, BrokerError, EventKind, QueueBroken, QueueClosed, QueueFull,
+                       RedisBroker, Retry, TaskFailed, TaskQueue, TaskState, TaskQueueError)
 from taskqueue.brokers import redis_scripts
 from taskqueue.brokers.redis import safe_url
 
@@ -178,10 +179,10 @@ def test_a_failure_elsewhere_raises_task_failed_with_type_message_and_traceback(
         handle.result(0)
 
 
-def test_an_outcome_published_before_the_listener_subscribed_is_caught_up(
+def test_an_outcome_published_while_the_listener_resubscribes_is_caught_up(
         make: Make, redis_url: str) -> None:
-    # The listener starts with the first submit. If the worker finishes the
-    # task before the listener has subscribed, the outcome is published to
+    # The listener's connection drops (Redis restarts, a proxy cuts it). If
+    # a task ends before it has subscribed again, the outcome is published to
     # nobody, and the catch-up that follows the subscribe is all that sees
     # it, even when it runs before submit() has returned (a CI failure).
     import redis as redis_py
@@ -192,41 +193,72 @@ def test_an_outcome_published_before_the_listener_subscribed_is_caught_up(
         _register(worker)
         worker.start()
         broker = web.broker
-        subscribe_now, caught_up = threading.Event(), threading.Event()
+        drop, holding, subscribe_now, caught_up = (threading.Event() for _ in range(4))
         open_pubsub, catch_up, call = broker._client.pubsub, broker._catch_up, broker._call
+        opened: List[Any] = []
 
-        def held_pubsub(**kwargs: Any) -> Any:
+        def dropped_then_held_pubsub(**kwargs: Any) -> Any:
             pubsub = open_pubsub(**kwargs)
-            subscribe = pubsub.subscribe
+            opened.append(pubsub)
+            if len(opened) == 1:  # the first one: dropped when the test says
+                get_message = pubsub.get_message
 
-            def held_subscribe(*channels: Any) -> Any:
-                assert subscribe_now.wait(WAIT)
-                return subscribe(*channels)
-            pubsub.subscribe = held_subscribe
+                def dropping_get_message(**kwargs: Any) -> Any:
+                    if drop.is_set():
+                        raise redis_py.ConnectionError("dropped by the test")
+                    return get_message(**kwargs)
+                pubsub.get_message = dropping_get_message
+            else:  # the next: its subscribe held until the task has ended
+                subscribe = pubsub.subscribe
+
+                def held_subscribe(*channels: Any) -> Any:
+                    holding.set()
+                    assert subscribe_now.wait(WAIT)
+                    return subscribe(*channels)
+                pubsub.subscribe = held_subscribe
             return pubsub
 
         def noted_catch_up(*, everything: bool) -> None:
             catch_up(everything=everything)
-            if everything:
+            if everything and subscribe_now.is_set():
                 caught_up.set()
 
         def enqueue_then_let_the_listener_catch_up(script: str, args: List[Any]) -> Any:
             reply = call(script, args)
             if script == "ENQUEUE":
                 result_key = broker._result_key(args[1])
-                assert eventually(lambda: observer.exists(result_key))
+                assert eventually(lambda: observer.exists(result_key))  # published to nobody
                 subscribe_now.set()
                 assert caught_up.wait(WAIT)
             return reply
 
-        broker._client.pubsub = held_pubsub
+        broker._client.pubsub = dropped_then_held_pubsub
         broker._catch_up = noted_catch_up
+        broker.open()
+        drop.set()
+        assert holding.wait(WAIT)
         broker._call = enqueue_then_let_the_listener_catch_up
         handle = tasks["boom"].submit(f"round {round_}")
         assert isinstance(handle.exception(WAIT), TaskFailed)
         web.shutdown()
         worker.shutdown()
     observer.close()
+
+
+def test_the_first_submit_hears_every_step_of_its_task(make: Make) -> None:
+    # The listener has subscribed before the first task is written, so a
+    # step that comes at once (a retry's wait) is not missed, only the end.
+    for round_ in range(10):
+        web, worker = make(), make(consume=True)
+        tasks = _register(web)
+        _register(worker)
+        worker.start()
+        retried_later = tasks["boom"].options(retries=1, backoff=Backoff.constant(30))
+        handle = retried_later.submit(f"round {round_}")
+        assert eventually(lambda: handle.state is TaskState.SCHEDULED), handle.state
+        assert not handle.done()
+        web.shutdown()
+        worker.shutdown(cancel_futures=True)
 
 
 def test_a_name_the_worker_does_not_know_is_a_dead_letter_saying_so(make: Make) -> None:
@@ -413,6 +445,89 @@ def test_dead_letters_live_in_redis_and_every_process_sees_and_requeues_them(mak
     with pytest.raises(ValueError, match="requeued or purged"):
         other.requeue(letters[0])  # once only, whichever process asks
     assert web.dead_letters() == []
+
+
+def test_a_producer_that_shut_down_still_hears_how_its_tasks_ended(make: Make) -> None:
+    # A web process winds down while its tasks wait for a worker: their
+    # handles still end (the listener stays for them, then ends).
+    for round_ in range(3):
+        web, worker = make(), make(consume=True)
+        tasks = _register(web)
+        _register(worker)
+        handles = [tasks["double"].submit(round_ * 10 + i) for i in range(5)]
+        web.shutdown()
+        worker.start()
+        assert [h.result(WAIT) for h in handles] == [2 * (round_ * 10 + i) for i in range(5)]
+        assert eventually(lambda: not any(t.name == f"{web.name}-results" and t.is_alive()
+                                          for t in threading.enumerate()))
+        worker.shutdown()
+
+
+def test_a_pool_its_initializer_broke_leaves_its_tasks_to_the_other_workers(make: Make) -> None:
+    def no_database() -> None:
+        raise RuntimeError("no database here")
+
+    broken, worker = make(consume=True, initializer=no_database), make(consume=True)
+    tasks = _register(broken)
+    _register(worker)
+    handles = [tasks["double"].submit(i) for i in range(3)]
+    broken.start()
+
+    def refuses() -> bool:  # once the initializer has raised (on the workers' threads)
+        try:
+            handles.append(tasks["double"].submit(len(handles)))
+        except QueueBroken:
+            return True
+        return False
+    assert eventually(refuses)
+    worker.start()
+    # Run elsewhere, not failed here: every one of them.
+    assert [h.result(WAIT) for h in handles] == [2 * i for i in range(len(handles))]
+    stats = worker.stats()
+    assert (stats.succeeded, stats.failed) == (len(handles), 0)
+
+
+def test_a_delivery_handed_back_before_it_started_is_not_a_retry(
+        redis_url: str, namespace: str, fake_clock: FakeClock) -> None:
+    harness = Harness(RedisBroker(redis_url, namespace=namespace), fake_clock)
+    try:
+        handle = harness.submit(harness.fail, retries=1, backoff=Backoff.none())
+        kept = harness.run(harness.take())
+        second = kept if kept is not None else harness.take()
+        harness.broker._hand_back(second, started=False)  # as a stopping worker does
+        again = harness.take()
+        assert again.attempts == 2  # the delivery handed back did not count
+        harness.run(again)
+        assert isinstance(handle.exception(WAIT), TaskFailed)
+        assert harness.broker.counts().retried == 1
+    finally:
+        harness.close()
+
+
+def test_a_task_this_worker_cannot_read_is_a_dead_letter_not_a_crash(
+        redis_url: str, namespace: str, fake_clock: FakeClock) -> None:
+    # Written by another version, or by hand: it can never run here, and
+    # must not kill each worker thread that takes it.
+    import redis as redis_py
+    harness = Harness(RedisBroker(redis_url, namespace=namespace), fake_clock)
+    client = redis_py.Redis.from_url(redis_url)
+    try:
+        unreadable = harness.submit(harness.echo, "never")
+        key = "{%s}:messages" % namespace
+        body = json.loads(client.hget(key, unreadable.id))
+        body["options"] = {"backoff": "not a backoff"}
+        client.hset(key, unreadable.id, json.dumps(body))
+        readable = harness.submit(harness.echo, "fine")
+        message = harness.take()
+        assert message.args == ("fine",)
+        harness.run(message)
+        assert readable.result(WAIT) == "fine"
+        exc = unreadable.exception(WAIT)
+        assert isinstance(exc, TaskFailed) and "cannot be read" in str(exc)
+        assert [letter.task_id for letter in harness.broker.dead_letters()] == [unreadable.id]
+    finally:
+        client.close()
+        harness.close()
 
 
 def test_stats_count_what_every_process_did(make: Make) -> None:

@@ -253,6 +253,35 @@ def test_a_redis_restart_with_persistence_loses_no_acknowledged_task(tmp_path: P
         server.kill()
 
 
+def test_a_task_redis_lost_in_a_restart_without_persistence_fails_its_handle(
+        tmp_path: Path) -> None:
+    # Nothing lost means every handle ends: one whose task Redis no longer
+    # holds (nor its outcome) fails, naming what happened, rather than
+    # waiting for ever; one submitted after the restart runs as usual.
+    server = PrivateRedis(tmp_path / "redis", persistent=False)
+    server.start()
+    queue = producer(server.url, "lost")
+    try:
+        for round_ in range(3):
+            lost = [queue.tasks["record"].submit(round_ * 10 + i) for i in range(5)]
+            keyed = queue.tasks["record"].submit(round_, key=f"only-one-{round_}")
+            server.kill()
+            server.start()
+            for handle in lost + [keyed]:
+                exc = handle.exception(WAIT)
+                assert isinstance(exc, BrokerError) and "is lost" in str(exc), exc
+                assert handle.state is TaskState.FAILED
+            again = queue.tasks["record"].submit(round_, key=f"only-one-{round_}")
+            assert again is not keyed and again.state is TaskState.PENDING  # the key is free
+            client = server.client()
+            assert client.hlen("{lost}:messages") == 1  # taken in, waiting for a worker
+            client.close()
+            assert not again.done()  # not mistaken for lost: Redis holds it
+    finally:
+        queue.shutdown(cancel_futures=True, timeout=5)
+        server.kill()
+
+
 def _submit_through_a_restart(queue: TaskQueue, server: PrivateRedis) -> Tuple[List[Any], int]:
     acknowledged: List[Any] = []
     refused = 0

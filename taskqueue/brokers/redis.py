@@ -140,13 +140,14 @@ class RedisBroker(Broker):
         self.result_ttl = whole_number("result_ttl", result_ttl, minimum=1)
         """Seconds outcomes are kept."""
         timeout = optional_positive_seconds("socket_timeout", socket_timeout)
+        self._socket_timeout = max(timeout, _BLOCK + 2)
         self.namespace = namespace
         """The queue's name in Redis."""
         self.url = safe_url(url)
         """The server's URL, without its password."""
         try:
             self._client = self._redis.Redis.from_url(
-                url, socket_connect_timeout=timeout, socket_timeout=max(timeout, _BLOCK + 2),
+                url, socket_connect_timeout=timeout, socket_timeout=self._socket_timeout,
                 health_check_interval=30)
         except (ValueError, self._redis.RedisError) as exc:
             raise ValueError(f"url {self.url!r} is not a Redis URL redis-py accepts: {exc}") from None
@@ -167,6 +168,7 @@ class RedisBroker(Broker):
         # that writes them runs, so a catch-up after (re)subscribing sees every
         # task whose outcome may have been published while nobody listened.
         self._pending: Dict[str, TaskHandle] = {}
+        self._unconfirmed: set = set()  # of those, the ones whose script has not answered
         self._foreign: set = set()  # handles of other processes' tasks (a shared key), polled
         self._running: Dict[str, Tuple[str, Message]] = {}  # leased here: id -> (token, message)
         self._binding: Optional[Binding] = None
@@ -178,6 +180,8 @@ class RedisBroker(Broker):
         self._closed = threading.Event()  # the broker's own threads end
         self._due_changed = threading.Event()  # a task got a due time: promote sooner
         self._listener: Optional[threading.Thread] = None
+        self._first_listen = threading.Event()  # the listener subscribed, or failed to, once
+        self._listener_done = threading.Event()  # shut down, and no handle left to resolve
         self._maintainer: Optional[threading.Thread] = None
         self._outage = _Outage(self.url)
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{self._producer[:8]}"
@@ -195,13 +199,20 @@ class RedisBroker(Broker):
         self._exempt = binding.exempt
 
     def open(self) -> None:
-        """Start the producer side: the thread that hears of this process's outcomes."""
+        """Start the producer side: the thread that hears of this process's outcomes.
+
+        Returns once it has subscribed (or failed to reach Redis), so that
+        every step of the tasks submitted next is heard, not only their end.
+        """
         with self._lock:
-            if self._listener is not None:
+            if self._listener is None:
+                self._listener = threading.Thread(target=self._listen, daemon=True,
+                                                  name=f"{self._binding_name()}-results")
+                self._listener.start()
+            listener = self._listener
+        while not self._first_listen.wait(0.05):
+            if not listener.is_alive():  # its start was cut short (a signal): none to wait for
                 return
-            self._listener = threading.Thread(target=self._listen, daemon=True,
-                                              name=f"{self._binding_name()}-results")
-            self._listener.start()
 
     def start(self) -> None:
         """Start consuming: leases are renewed, due tasks promoted, lost leases reclaimed."""
@@ -219,16 +230,34 @@ class RedisBroker(Broker):
         return frozenset(t for t in (self._listener, self._maintainer) if t is not None)
 
     def shutdown(self) -> None:
-        """Stop the broker's threads and close its connections; idempotent."""
+        """Stop the broker's threads and close its connections; idempotent.
+
+        Handles of this process's tasks that still run elsewhere keep
+        resolving: the result listener (a daemon thread, which never holds
+        up the interpreter's exit) stays until the last of them has ended,
+        then closes the connections.
+        """
         self._closed.set()
         self._due_changed.set()
         self._fetching = False
+        with self._lock:
+            if not self._pending:
+                self._listener_done.set()
         for thread in self.threads():
-            if thread is not threading.current_thread():
-                thread.join(_BLOCK + 5)
+            if thread is threading.current_thread() or not thread.is_alive():
+                continue  # not one whose start a signal cut short
+            if thread is self._listener and not self._listener_done.is_set():
+                continue  # it ends with the last handle
+            thread.join(_BLOCK + 5)
         self._forget_worker()
+        if self._listener_done.is_set() or self._listener is None:
+            self._close_client()
+
+    def _close_client(self) -> None:
+        # Only the idle connections: another thread may be in a call on one
+        # (a cancel after shutdown), and cutting it would break that call.
         try:
-            self._client.close()
+            self._client.connection_pool.disconnect(inuse_connections=False)
         except self._redis.RedisError:  # pragma: no cover - nothing left to lose
             pass
 
@@ -245,7 +274,11 @@ class RedisBroker(Broker):
             TypeError: the task is not a task function registered on this
                 queue, or its arguments are not JSON; nothing is written.
             QueueFull: no room within ``timeout``; QueueClosed: closed.
-            BrokerError: Redis cannot be reached; nothing was taken in.
+            BrokerError: Redis cannot be reached: nothing was taken in, unless
+                the connection broke after Redis ran the script (its reply
+                lost), in which case the task was taken in and runs, and
+                its outcome reaches no handle (at least once, as every
+                broker over a network).
         """
         if not self._accepting:
             raise self.closed_error()
@@ -261,18 +294,22 @@ class RedisBroker(Broker):
             handle._set_scheduled(True)
         with self._lock:
             self._pending[task_id] = handle
+            self._unconfirmed.add(task_id)
         try:
             code, holder = self._enqueue_waiting(args, block, timeout)
         except BaseException:
             with self._lock:
-                self._pending.pop(task_id, None)
+                self._forget_locked(task_id)
             raise
+        finally:
+            with self._lock:
+                self._unconfirmed.discard(task_id)
         if code == 1:
             with self._lock:
                 self._submitted += 1
             return handle
         with self._lock:
-            self._pending.pop(task_id, None)
+            self._forget_locked(task_id)
         return self._follow(holder)
 
     def submitted_here(self) -> int:
@@ -332,18 +369,25 @@ class RedisBroker(Broker):
     # -- hearing of outcomes (the producer's thread) ------------------------------------
 
     def _listen(self) -> None:
+        try:
+            self._listen_until_done()
+        finally:
+            if self._closed.is_set():
+                self._close_client()
+
+    def _listen_until_done(self) -> None:
         backoff = _BACKOFF_FIRST
-        while not self._closed.is_set():
+        while not self._listener_done.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._events + self._producer, self._room_channel,
-                                 self._due_channel)
+                pubsub = self._client.pubsub()
+                self._subscribe(pubsub)
                 self._catch_up(everything=True)
+                self._first_listen.set()
                 self._outage.over()
                 backoff = _BACKOFF_FIRST
                 polled = time.monotonic()
-                while not self._closed.is_set():
+                while not self._listener_done.is_set():
                     event = pubsub.get_message(timeout=0.25)
                     if event is not None:
                         self._heard(event)
@@ -351,12 +395,14 @@ class RedisBroker(Broker):
                         self._catch_up(everything=False)
                         polled = time.monotonic()
             except self._redis.RedisError as exc:
+                self._first_listen.set()  # a submit meanwhile fails on its own, naming Redis
                 self._outage.began(exc)
-                self._closed.wait(backoff)
+                self._listener_done.wait(backoff)
                 backoff = min(_BACKOFF_MOST, backoff * 2)
             except Exception:  # a bug: log it and go on, rather than stop hearing outcomes
+                self._first_listen.set()
                 log.exception("the result listener of %s failed; it starts again", self.url)
-                self._closed.wait(backoff)
+                self._listener_done.wait(backoff)
             finally:
                 if pubsub is not None:
                     try:
@@ -364,7 +410,24 @@ class RedisBroker(Broker):
                     except Exception:  # pragma: no cover
                         pass
 
+    def _subscribe(self, pubsub: Any) -> None:
+        # Subscribed once Redis confirms each channel: a message published
+        # after that reaches this process. One that comes meanwhile is heard.
+        channels = (self._events + self._producer, self._room_channel, self._due_channel)
+        pubsub.subscribe(*channels)
+        confirmed = 0
+        while confirmed < len(channels):
+            event = pubsub.get_message(timeout=self._socket_timeout)
+            if event is None:
+                raise self._redis.TimeoutError("no confirmation of a subscribe")
+            if event["type"] == "subscribe":
+                confirmed += 1
+            else:
+                self._heard(event)
+
     def _heard(self, event: Dict[str, Any]) -> None:
+        if event.get("type") != "message":
+            return
         channel = _text(event.get("channel"))
         if channel == self._due_channel:
             self._due_changed.set()
@@ -389,8 +452,7 @@ class RedisBroker(Broker):
             handle._back_to_pending(scheduled=state == "scheduled")
             return
         with self._lock:
-            self._pending.pop(task_id, None)  # type: ignore[arg-type]
-            self._foreign.discard(task_id)
+            self._forget_locked(task_id)  # type: ignore[arg-type]
         handle._attempts = int(outcome.get("attempts", handle.attempts))
         if state == "succeeded":
             handle._succeed(outcome.get("result"))
@@ -399,17 +461,49 @@ class RedisBroker(Broker):
         elif state == "cancelled":
             handle._run_callbacks(handle._mark_cancelled())
 
+    def _forget_locked(self, task_id: str) -> Optional[TaskHandle]:
+        # This process follows the task no more (it ended, or was never
+        # taken in). Once shut down, the listener ends with the last one.
+        handle = self._pending.pop(task_id, None)
+        self._foreign.discard(task_id)
+        if self._closed.is_set() and not self._pending:
+            self._listener_done.set()
+        return handle
+
     def _catch_up(self, *, everything: bool) -> None:
         # Outcomes this process may have missed (it was disconnected, or it
-        # follows another process's task): read from their result keys.
+        # follows another process's task): read from their result keys. A
+        # task Redis holds neither as a message nor as an outcome is lost
+        # (a restart without persistence, a flush, an outcome past
+        # result_ttl): its handle fails rather than wait for ever. Ids whose
+        # script had not answered when this began may not be written yet.
         with self._lock:
             ids = list(self._pending if everything else self._foreign)
+            unsure = set(self._unconfirmed)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            found = self._client.mget([self._result_key(i) for i in chunk])
-            for raw in found:
+            with self._client.pipeline(transaction=True) as pipe:  # one moment's view
+                pipe.mget([self._result_key(i) for i in chunk])
+                pipe.hmget(self._key("messages"), chunk)
+                outcomes, messages = pipe.execute()
+            for task_id, raw, body in zip(chunk, outcomes, messages):
                 if raw is not None:
                     self._apply(json.loads(raw))
+                elif body is None and task_id not in unsure:
+                    self._lost(task_id)
+
+    def _lost(self, task_id: str) -> None:
+        with self._lock:
+            handle = self._forget_locked(task_id)
+        if handle is None or handle.done():
+            return
+        log.error("task %s (%s) is lost: Redis at %s holds neither it nor its outcome (it "
+                  "restarted without persistence, was flushed, or the outcome outlived "
+                  "result_ttl)", handle.name, task_id, self.url)
+        handle._fail(BrokerError(
+            f"task {handle.name} ({task_id}) is lost: Redis at {self.url} holds neither it nor "
+            "its outcome (a restart without persistence, a flush, or an outcome older than "
+            "result_ttl)"))
 
     # -- consumers ------------------------------------------------------------------------
 
@@ -433,8 +527,18 @@ class RedisBroker(Broker):
         else:
             task_id, body_raw, delivery_raw, meta_raw = (_text(part) for part in reply)
         delivery = int(delivery_raw)
-        body, meta = json.loads(body_raw), json.loads(meta_raw)
-        message = self._message(task_id, body, delivery)
+        try:
+            body, meta = json.loads(body_raw), json.loads(meta_raw)
+            message = self._message(task_id, body, delivery)
+            limit = int(meta["limit"])
+        except Exception as exc:  # another version wrote it, or a hand: never a crash loop
+            message = self._message(task_id, {"name": "(unreadable)"}, delivery)
+            with self._lock:
+                self._running[task_id] = (str(delivery), message)
+            self._bury(message, delivery, TaskQueueError(
+                f"task {task_id} cannot be read by this worker ({self._worker_id}): "
+                f"{type(exc).__name__}: {exc}"))
+            return None
         with self._lock:
             self._running[task_id] = (str(delivery), message)
         if message.fn is None:
@@ -442,7 +546,7 @@ class RedisBroker(Broker):
                 f"no task function named {body['name']!r} is registered in this worker "
                 f"({self._worker_id}); register it with @queue.task where workers import it"))
             return None
-        if delivery > int(meta["limit"]):  # its deliveries pass retries + 2
+        if delivery > limit:  # its deliveries pass retries + 2
             self._bury(message, delivery, TaskQueueError(
                 f"task {body['name']} ({task_id}) was delivered {delivery - 1} times, past its "
                 f"retries + {CRASHES_FORGIVEN}, without an outcome; it may be what stops its "
@@ -498,7 +602,12 @@ class RedisBroker(Broker):
                                       "" if letter is None else json.dumps(letter),
                                       self._dead_letter_limit(), int(time.time() * 1000),
                                       *self._take_args(then)])
-        if int(reply[0]) != 1:  # another delivery holds the lease, or has finished the task
+        if int(reply[0]) == 0:  # ended by the delivery that took over, or lost by Redis
+            log.warning("task %s (%s): its lease was taken over and another delivery ended "
+                        "it (or Redis restarted without persistence and lost it); its %s is "
+                        "ignored", message.name, message.id, state)
+            return None
+        if int(reply[0]) != 1:  # another delivery holds the lease
             log.warning("task %s (%s): its lease was taken over (this worker stalled past "
                         "visibility_timeout); its %s is ignored, another delivery owns it",
                         message.name, message.id, state)
@@ -561,13 +670,14 @@ class RedisBroker(Broker):
         For a process that stops before its running attempts end (the
         worker command past its grace period): another worker starts them
         without waiting for their leases to run out. The cut-short attempts
-        count as deliveries. Returns how many.
+        count as deliveries (one taken for a thread that had not begun it yet
+        does not). Returns how many.
         """
         with self._lock:
             held = [message for _, message in self._running.values()]
         for message in held:
             try:
-                self._hand_back(message, started=True)
+                self._hand_back(message, started=message.handle.running())
             except BrokerError:
                 pass  # its lease runs out instead
         return len(held)
@@ -652,8 +762,7 @@ class RedisBroker(Broker):
         if int(result[0]) != 1:
             return None
         with self._lock:
-            self._pending.pop(handle.id, None)
-            self._foreign.discard(handle.id)
+            self._forget_locked(handle.id)
         callbacks = handle._mark_cancelled()
         message = handle._message or Message(None, (), None, handle.name, RetryPolicy(
             0, Backoff.none(), (Exception,)), handle)
@@ -781,6 +890,7 @@ class RedisBroker(Broker):
         message.id = message.handle._id = task_id
         with self._lock:
             self._pending[task_id] = message.handle
+            self._unconfirmed.add(task_id)
         self.open()
         try:
             code, holder = self._call("REQUEUE_DEAD", [
@@ -788,13 +898,16 @@ class RedisBroker(Broker):
                 message.key or "", self._maxsize(), "0"])
         except BaseException:
             with self._lock:
-                self._pending.pop(task_id, None)
+                self._forget_locked(task_id)
             raise
+        finally:
+            with self._lock:
+                self._unconfirmed.discard(task_id)
         code = int(code)
         if code == 1:
             return message.handle
         with self._lock:
-            self._pending.pop(task_id, None)
+            self._forget_locked(task_id)
         if code == -1:
             raise ValueError(f"dead letter {letter.task_id} is not held: it was requeued or "
                              "purged already (here or by another process)")

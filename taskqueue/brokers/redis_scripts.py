@@ -86,6 +86,13 @@ local function lease(id, meta_json, visibility_ms, now)
   return delivery
 end
 
+-- A delivery taken back before it started counts for nothing (nor as a retry).
+local function uncount(id)
+  if redis.call('HINCRBY', K.deliveries, id, -1) >= 1 then
+    redis.call('HINCRBY', K.stats, 'retried', -1)
+  end
+end
+
 -- A task may start now: to the most recent waiting worker, else to ready.
 local function to_ready(id, priority)
   local now = now_ms()
@@ -254,7 +261,7 @@ if redis.call('HGET', K.tokens, id) ~= ARGV[3] then return -1 end
 redis.call('ZREM', K.leases, id)
 redis.call('HDEL', K.tokens, id)
 redis.call('HDEL', K.started, id)
-if ARGV[5] == '1' then redis.call('HINCRBY', K.deliveries, id, -1) end
+if ARGV[5] == '1' then uncount(id) end
 local meta = cjson.decode(redis.call('HGET', K.meta, id))
 tell(meta, ARGV[4])  -- before to_ready, which may tell it runs again
 to_ready(id, meta.priority)
@@ -341,7 +348,7 @@ for _, item in ipairs(handed) do
     redis.call('ZREM', K.leases, id)
     redis.call('HDEL', K.tokens, id)
     redis.call('HDEL', K.started, id)
-    redis.call('HINCRBY', K.deliveries, id, -1)
+    uncount(id)
     local meta = cjson.decode(redis.call('HGET', K.meta, id))
     tell(meta, '{"id":"' .. id .. '","state":"pending"}')
     to_ready(id, meta.priority)
