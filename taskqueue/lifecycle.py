@@ -115,8 +115,10 @@ class Lifecycle:
             raise self._broken
         if process.exiting():
             # Caused by the interpreter's exit, in CPython's own words: code
-            # (and logs) that look for its RuntimeError find it, and the
-            # error raised is still a QueueClosed.
+            # that catches RuntimeError catches it (QueueClosed is one), a
+            # logged traceback shows the cause, and the error raised is still
+            # a QueueClosed. (CPython 3.10+ prints an atexit callback's error
+            # without its cause: there only the QueueClosed line shows.)
             raise self.closed_error() from RuntimeError(process.EXIT_MESSAGE)
         if self.phase == CLOSED:
             raise self.closed_error()
