@@ -365,21 +365,11 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
         body, meta = self._encode(message)
         task_id = uuid.uuid4().hex
         message.id = message.handle._id = task_id
-        with self._lock:
-            self._pending[task_id] = message.handle
-            self._unconfirmed.add(task_id)
         self.open()
-        try:
+        with self._written(task_id, message.handle):
             code, holder = self._call("REQUEUE_DEAD", [
                 self._events, letter.task_id, task_id, body, meta, message.priority, "",
                 message.key or "", self._maxsize(), "0"])
-        except BaseException:
-            with self._lock:
-                self._forget_locked(task_id)
-            raise
-        finally:
-            with self._lock:
-                self._unconfirmed.discard(task_id)
         code = int(code)
         if code == 1:
             return message.handle

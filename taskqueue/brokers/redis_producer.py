@@ -15,10 +15,11 @@ longer holds at all fails its handle rather than leave it waiting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import BrokerError, QueueFull
 from ..message import Message
@@ -66,18 +67,8 @@ class ProducerSide:
                 self._maxsize(), "0" if self._exempt() else "1"]
         if message.due is not None:
             handle._set_scheduled(True)
-        with self._lock:
-            self._pending[task_id] = handle
-            self._unconfirmed.add(task_id)
-        try:
+        with self._written(task_id, handle):
             code, holder = self._enqueue_waiting(args, block, timeout)
-        except BaseException:
-            with self._lock:
-                self._forget_locked(task_id)
-            raise
-        finally:
-            with self._lock:
-                self._unconfirmed.discard(task_id)
         if code == 1:
             with self._lock:
                 self._submitted += 1
@@ -85,6 +76,25 @@ class ProducerSide:
         with self._lock:
             self._forget_locked(task_id)
         return self._follow(holder)
+
+    @contextlib.contextmanager
+    def _written(self, task_id: str, handle: TaskHandle) -> Iterator[None]:
+        # Around the script that writes a task: its handle is followed from
+        # before it runs (a catch-up meanwhile sees it), counted unconfirmed
+        # until it answers (not yet lost if Redis lacks it), and forgotten
+        # if the call fails.
+        with self._lock:
+            self._pending[task_id] = handle
+            self._unconfirmed.add(task_id)
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._forget_locked(task_id)
+            raise
+        finally:
+            with self._lock:
+                self._unconfirmed.discard(task_id)
 
     def submitted_here(self) -> int:
         """How many tasks this process has put in Redis."""
