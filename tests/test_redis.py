@@ -530,6 +530,19 @@ def test_a_task_this_worker_cannot_read_is_a_dead_letter_not_a_crash(
         harness.close()
 
 
+def test_dead_letters_are_listed_in_the_order_they_failed(make: Make) -> None:
+    # One worker fails them in submission order, several in a millisecond:
+    # the order holds where their failure times tie.
+    web, worker = make(), make(consume=True, workers=1)
+    tasks = _register(web)
+    _register(worker)
+    worker.start()
+    handles = [tasks["boom"].submit(f"no {i}") for i in range(40)]
+    for handle in handles:
+        assert isinstance(handle.exception(WAIT), TaskFailed)
+    assert [letter.task_id for letter in web.dead_letters()] == [h.id for h in handles]
+
+
 def test_stats_count_what_every_process_did(make: Make) -> None:
     one, two = make(), make()
     workers = [make(consume=True), make(consume=True)]

@@ -235,7 +235,7 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
                    "finished_at": time.time()}
         result = self._call("FINISH", [self._events, handle.id, "", json.dumps(outcome),
                                        self.result_ttl, "cancelled", "", self._dead_letter_limit(),
-                                       0, *_NO_TAKE])
+                                       *_NO_TAKE])
         if int(result[0]) != 1:
             return None
         with self._lock:

@@ -143,7 +143,7 @@ class ConsumerSide:
         reply = self._call("FINISH", [self._events, message.id, token, json.dumps(outcome),
                                       self.result_ttl, state,
                                       "" if letter is None else json.dumps(letter),
-                                      self._dead_letter_limit(), int(time.time() * 1000),
+                                      self._dead_letter_limit(),
                                       *self._take_args(then)])
         if int(reply[0]) == 0:  # ended by the delivery that took over, or lost by Redis
             log.warning("task %s (%s): its lease was taken over and another delivery ended "

@@ -19,9 +19,9 @@ The structural keys, and what each holds:
 ``tokens``      HASH id -> the delivery that holds the lease (acks with another are fenced)
 ``deliveries``  HASH id -> how many times it was handed to a worker
 ``unique``      HASH key -> the id of the live task that holds it
-``dead``        HASH id -> a dead letter as JSON; ``dead_order`` ZSET id by failure time
+``dead``        HASH id -> a dead letter as JSON; ``dead_order`` ZSET id by ``seq`` (the order they failed)
 ``stats``       HASH of counters (submitted, succeeded, failed, cancelled, retried, ...),
-                and ``seq``, the sequence of ready entries
+                and ``seq``, the sequence of ready entries and dead letters
 ``started``     HASH id -> when its running attempt started (ms)
 ``members``     HASH id -> its entry in ``ready``, while it is there
 ``workers``     HASH worker id -> what a consuming process last said of itself (JSON)
@@ -201,7 +201,7 @@ return take(2)
 
 FINISH = _PRELUDE + """
 -- ARGV: events, id, token or '' (a cancel), outcome, ttl, counter, letter or '',
---       dead letter limit, failed_at_ms, then take()'s five (visibility_ms '' : none).
+--       dead letter limit, then take()'s five (visibility_ms '' : none).
 -- Returns {1, next} done (next: as FETCH, or false), {0} the task is gone,
 -- {-1} fenced (another delivery holds the lease), {-2} (a cancel) it runs now.
 local id = ARGV[2]
@@ -218,7 +218,8 @@ redis.call('HINCRBY', K.stats, ARGV[6], 1)
 redis.call('SET', P .. 'result:' .. id, ARGV[4], 'EX', ARGV[5])
 if ARGV[7] ~= '' then
   redis.call('HSET', K.dead, id, ARGV[7])
-  redis.call('ZADD', K.dead_order, ARGV[9], id)
+  -- In the order they failed, as the server ran them (times can tie in a millisecond).
+  redis.call('ZADD', K.dead_order, redis.call('HINCRBY', K.stats, 'seq', 1), id)
   local over = redis.call('ZCARD', K.dead_order) - tonumber(ARGV[8])
   if over > 0 then
     local oldest = redis.call('ZPOPMIN', K.dead_order, over)
@@ -227,8 +228,8 @@ if ARGV[7] ~= '' then
   end
 end
 tell(meta, ARGV[4])
-if ARGV[10] == '' then return {1, false} end
-return {1, take(10)}
+if ARGV[9] == '' then return {1, false} end
+return {1, take(9)}
 """
 
 RETRY = _PRELUDE + """
