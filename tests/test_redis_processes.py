@@ -119,6 +119,33 @@ def test_a_worker_killed_mid_task_has_its_task_run_again_elsewhere(shared: Any,
     assert queue.stats().succeeded == 3
 
 
+def test_a_task_handed_to_a_worker_that_just_died_runs_elsewhere_soon_uncounted(
+        shared: Any, namespace: str) -> None:
+    # A process SIGKILLed while its threads wait leaves them noted as
+    # waiting for a moment; a task handed to one then goes back within
+    # seconds (not after its 30 s lease), and that delivery does not count.
+    workers, queue, client = shared
+    for round_ in range(3):
+        doomed, _ = workers.spawn(threads=2), workers.spawn(threads=2)
+        idle = "{%s}:idle" % namespace
+        assert eventually(lambda: client.zcard(idle) == 4)  # every thread waits
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+        # Four waiters (two dead, two live) take one each; the live ones hold
+        # theirs until released, so the dead ones' tasks must come back.
+        tags = [f"r{round_}-{i}" for i in range(4)]
+        handles = [queue.tasks["hold"].submit(tag) for tag in tags]
+        started = [pop(client, namespace, "started").split(":")[0] for _ in range(2)]
+        for tag in tags:
+            client.rpush(log_key(namespace, "release:" + tag), "go")
+        assert sorted(h.result(15) for h in handles) == sorted(tags)  # lease: 30 s
+        assert all(h.attempts == 1 for h in handles), [h.attempts for h in handles]
+        assert set(started) <= set(tags)
+        workers.stop_all()
+        client.delete(log_key(namespace, "started"))  # the two that ran late said so too
+    assert queue.stats().retried == 0
+
+
 def test_a_worker_stopped_past_its_lease_is_fenced_when_it_resumes(shared: Any,
                                                                    namespace: str) -> None:
     workers, queue, client = shared

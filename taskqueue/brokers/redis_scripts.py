@@ -26,6 +26,8 @@ The structural keys, and what each holds:
 ``members``     HASH id -> its entry in ``ready``, while it is there
 ``workers``     HASH worker id -> what a consuming process last said of itself (JSON)
 ``idle``        ZSET "visibility_ms|slot" by deadline (ms): worker threads waiting for a task
+``handed``      ZSET "visibility_ms|slot" by deadline (ms): waiters handed a task they have
+                not taken yet; past the deadline (a waiter that died), it goes back
 ==============  =====================================================================
 
 Keys that are not structural, each of which expires: ``result:<id>`` (a
@@ -40,7 +42,10 @@ nothing ready says it waits (``idle``) in the same script, then blocks on its
 own inbox. Whatever makes a task ready (a submit, a retry, a due delay, a
 lapsed lease) leases it at once to the most recent waiter and pushes it to
 that inbox, so the blocking pop returns the task itself; only when nobody
-waits does it go to ``ready``. So a waiter exists only while nothing is
+waits does it go to ``ready``. A waiter that died in the moment before (its
+registration had not run out) is noted in ``handed``: if it has not taken the
+task within a few seconds, the timers give it back, and that delivery does
+not count, instead of leaving it to wait out its lease. So a waiter exists only while nothing is
 ready, and priorities hold: a waiter is given the only task there is.
 """
 
@@ -50,7 +55,8 @@ __all__ = ["STRUCTURAL", "ENQUEUE", "FETCH", "FINISH", "RETRY", "HAND_BACK", "RE
            "REQUEUE_EXPIRED", "PROMOTE", "REQUEUE_DEAD", "LEAVE"]
 
 STRUCTURAL = ("messages", "meta", "ready", "delayed", "leases", "tokens", "deliveries", "unique",
-              "dead", "dead_order", "stats", "started", "members", "workers", "idle")
+              "dead", "dead_order", "stats", "started", "members", "workers", "idle",
+              "handed")
 """The structural keys: the only keys of a queue without a time to live."""
 
 _PRELUDE = """
@@ -58,7 +64,7 @@ local P = string.sub(KEYS[1], 1, #KEYS[1] - #'messages')  -- '{namespace}:'
 local K = {}
 for _, name in ipairs({'messages', 'meta', 'ready', 'delayed', 'leases', 'tokens', 'deliveries',
                        'unique', 'dead', 'dead_order', 'stats', 'started', 'members',
-                       'workers', 'idle'}) do
+                       'workers', 'idle', 'handed'}) do
   K[name] = P .. name
 end
 local events = ARGV[1]  -- the prefix of the producers' event channels
@@ -93,6 +99,8 @@ local function uncount(id)
   end
 end
 
+local HANDOFF_GRACE_MS = 3000  -- a live waiter takes a handed task in a moment
+
 -- A task may start now: to the most recent waiting worker, else to ready.
 local function to_ready(id, priority)
   local now = now_ms()
@@ -108,6 +116,7 @@ local function to_ready(id, priority)
     redis.call('RPUSH', inbox, id .. '\\n' .. delivery .. '\\n' .. meta_json .. '\\n' ..
                redis.call('HGET', K.messages, id))
     redis.call('PEXPIRE', inbox, 2 * visibility_ms + 1000)
+    redis.call('ZADD', K.handed, now + HANDOFF_GRACE_MS, member)
     return
   end
   local seq = redis.call('HINCRBY', K.stats, 'seq', 1)  -- no key of its own to linger
@@ -122,6 +131,7 @@ end
 local function take(first)
   local visibility_ms, waiter = tonumber(ARGV[first]), ARGV[first + 1]
   local maxsize = tonumber(ARGV[first + 4])
+  if waiter ~= '' then redis.call('ZREM', K.handed, waiter) end  -- it took what it was handed
   while true do
     local size = redis.call('ZCARD', K.ready)
     local popped = redis.call('ZPOPMIN', K.ready, 1)
@@ -143,6 +153,28 @@ local function take(first)
       return {id, body, delivery, meta_json}
     end
   end
+end
+
+-- What was handed to a waiter and is still in its inbox goes back at once
+-- (those deliveries do not count): the waiter stops, or never took it.
+local function give_back(inbox)
+  local handed = redis.call('LRANGE', inbox, 0, -1)
+  redis.call('DEL', inbox)
+  for _, item in ipairs(handed) do
+    local first = string.find(item, '\\n', 1, true)
+    local id = string.sub(item, 1, first - 1)
+    local delivery = string.sub(item, first + 1, string.find(item, '\\n', first + 1, true) - 1)
+    if redis.call('HGET', K.tokens, id) == delivery then  -- not taken over since
+      redis.call('ZREM', K.leases, id)
+      redis.call('HDEL', K.tokens, id)
+      redis.call('HDEL', K.started, id)
+      uncount(id)
+      local meta = cjson.decode(redis.call('HGET', K.meta, id))
+      tell(meta, '{"id":"' .. id .. '","state":"pending"}')
+      to_ready(id, meta.priority)
+    end
+  end
+  return #handed
 end
 
 local function forget(id, meta)
@@ -195,7 +227,10 @@ FETCH = _PRELUDE + """
 -- out), else the first ready one; else the caller is noted as a waiter.
 -- Returns nil, or {id, body, delivery, meta} (a handed task: {item} whole).
 local handed = redis.call('LPOP', ARGV[7])
-if handed then return {handed} end
+if handed then
+  redis.call('ZREM', K.handed, ARGV[3])
+  return {handed}
+end
 return take(2)
 """
 
@@ -283,9 +318,15 @@ return renewed
 """
 
 REQUEUE_EXPIRED = _PRELUDE + """
--- ARGV: events, most. Leases past their deadline (their worker died or stalled)
--- go back to ready. Returns how many.
-local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now_ms(), 'LIMIT', 0,
+-- ARGV: events, most. Tasks handed to waiters that did not take them in time
+-- (their process died) go back, uncounted; leases past their deadline (their
+-- worker died or stalled) go back to ready. Returns how many leases.
+local now = now_ms()
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', K.handed, '-inf', now)) do
+  redis.call('ZREM', K.handed, member)
+  give_back(P .. 'inbox:' .. string.sub(member, string.find(member, '|', 1, true) + 1))
+end
+local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0,
                            tonumber(ARGV[2]))
 for _, id in ipairs(expired) do
   redis.call('ZREM', K.leases, id)
@@ -339,21 +380,6 @@ LEAVE = _PRELUDE + """
 -- it is no waiter any more, and what was handed to it and not taken goes
 -- back at once (those deliveries do not count). Returns how many.
 redis.call('ZREM', K.idle, ARGV[2])
-local handed = redis.call('LRANGE', ARGV[3], 0, -1)
-redis.call('DEL', ARGV[3])
-for _, item in ipairs(handed) do
-  local first = string.find(item, '\\n', 1, true)
-  local id = string.sub(item, 1, first - 1)
-  local delivery = string.sub(item, first + 1, string.find(item, '\\n', first + 1, true) - 1)
-  if redis.call('HGET', K.tokens, id) == delivery then  -- not taken over since
-    redis.call('ZREM', K.leases, id)
-    redis.call('HDEL', K.tokens, id)
-    redis.call('HDEL', K.started, id)
-    uncount(id)
-    local meta = cjson.decode(redis.call('HGET', K.meta, id))
-    tell(meta, '{"id":"' .. id .. '","state":"pending"}')
-    to_ready(id, meta.priority)
-  end
-end
-return #handed
+redis.call('ZREM', K.handed, ARGV[2])
+return give_back(ARGV[3])
 """
