@@ -175,8 +175,11 @@ class ProducerSide:
                     event = pubsub.get_message(timeout=0.25)
                     if event is not None:
                         self._heard(event)
-                    if self._foreign and time.monotonic() - polled > 0.25:
-                        self._catch_up(everything=False)
+                    if time.monotonic() - polled > self._poll_every():
+                        # Shut down, it looks at all it still follows: the
+                        # last of them may be lost (a flush), and nothing
+                        # else would end it.
+                        self._catch_up(everything=self._closed.is_set())
                         polled = time.monotonic()
             except self._redis.RedisError as exc:
                 self._first_listen.set()  # a submit meanwhile fails on its own, naming Redis
@@ -193,6 +196,14 @@ class ProducerSide:
                         pubsub.close()
                     except Exception:  # pragma: no cover
                         pass
+
+    def _poll_every(self) -> float:
+        # Seconds between catch-ups while subscribed: handles of another
+        # process's tasks are polled often; once shut down, what is left
+        # now and then; otherwise never (the channel says it all).
+        if self._foreign:
+            return 0.25
+        return 1.0 if self._closed.is_set() else float("inf")
 
     def _subscribe(self, pubsub: Any) -> None:
         # Subscribed once Redis confirms each channel: a message published
