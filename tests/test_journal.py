@@ -582,6 +582,7 @@ def test_options_and_keys_come_back(path: str) -> None:
         pass
 
     hold.submit()
+    assert started.wait(WAIT)  # the worker is busy: the job (of a higher priority) waits
     job.options(priority=5, key="k1", backoff=Backoff(base=0.01)).submit((1, 2))
     cancel_the_backlog(queue, started, release)
 
