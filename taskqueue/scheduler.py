@@ -73,14 +73,23 @@ class Scheduler:
         self._sealed: Optional[Callable[[Any], bool]] = None
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
+        self._looping = False  # the thread has taken the lock once: it runs
 
     def start(self) -> None:
-        """Start the timer thread (a daemon); does nothing if it runs already."""
+        """Start the timer thread (a daemon); does nothing if it runs already.
+
+        Returns once the thread has looked at its items and let go of the
+        lock (it waits, or hands over what was due), so that a clock driven
+        by a test already knows the thread when the test moves time on.
+        """
         with self._cond:
             if self._thread is not None or self._stopping:
                 return
-            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-            self._thread.start()
+            self._thread = thread = threading.Thread(target=self._loop, name=self._name,
+                                                     daemon=True)
+            thread.start()
+            while not self._looping and thread.is_alive():
+                self._cond.wait(0.05)  # woken as soon as the thread lets go of the lock
 
     def schedule(self, item: Any, due: float) -> Optional[Entry]:
         """Hold ``item`` until the clock reads ``due``.
@@ -200,6 +209,9 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                if not self._looping:
+                    self._looping = True
+                    self._cond.notify_all()  # start() goes on once this lets go of the lock
                 while True:
                     if self._stopping:
                         return
