@@ -92,6 +92,13 @@ local function lease(id, meta_json, visibility_ms, now)
   return delivery
 end
 
+-- No delivery holds the task's lease any more (its outcome or its return is next).
+local function unlease(id)
+  redis.call('ZREM', K.leases, id)
+  redis.call('HDEL', K.tokens, id)
+  redis.call('HDEL', K.started, id)
+end
+
 -- A delivery taken back before it started counts for nothing (nor as a retry).
 local function uncount(id)
   if redis.call('HINCRBY', K.deliveries, id, -1) >= 1 then
@@ -165,9 +172,7 @@ local function give_back(inbox)
     local id = string.sub(item, 1, first - 1)
     local delivery = string.sub(item, first + 1, string.find(item, '\\n', first + 1, true) - 1)
     if redis.call('HGET', K.tokens, id) == delivery then  -- not taken over since
-      redis.call('ZREM', K.leases, id)
-      redis.call('HDEL', K.tokens, id)
-      redis.call('HDEL', K.started, id)
+      unlease(id)
       uncount(id)
       local meta = cjson.decode(redis.call('HGET', K.meta, id))
       tell(meta, '{"id":"' .. id .. '","state":"pending"}')
@@ -272,9 +277,7 @@ RETRY = _PRELUDE + """
 -- Returns {1, next} (next: as FETCH, or false), or {-1} fenced.
 local id = ARGV[2]
 if redis.call('HGET', K.tokens, id) ~= ARGV[3] then return {-1} end
-redis.call('ZREM', K.leases, id)
-redis.call('HDEL', K.tokens, id)
-redis.call('HDEL', K.started, id)
+unlease(id)
 local meta = cjson.decode(redis.call('HGET', K.meta, id))
 tell(meta, ARGV[5])
 if tonumber(ARGV[4]) > 0 then
@@ -294,9 +297,7 @@ HAND_BACK = _PRELUDE + """
 -- the lease to run out. Returns 1, or -1 fenced.
 local id = ARGV[2]
 if redis.call('HGET', K.tokens, id) ~= ARGV[3] then return -1 end
-redis.call('ZREM', K.leases, id)
-redis.call('HDEL', K.tokens, id)
-redis.call('HDEL', K.started, id)
+unlease(id)
 if ARGV[5] == '1' then uncount(id) end
 local meta = cjson.decode(redis.call('HGET', K.meta, id))
 tell(meta, ARGV[4])  -- before to_ready, which may tell it runs again
@@ -329,9 +330,7 @@ end
 local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0,
                            tonumber(ARGV[2]))
 for _, id in ipairs(expired) do
-  redis.call('ZREM', K.leases, id)
-  redis.call('HDEL', K.tokens, id)
-  redis.call('HDEL', K.started, id)
+  unlease(id)
   local meta_json = redis.call('HGET', K.meta, id)
   if meta_json then
     local meta = cjson.decode(meta_json)
