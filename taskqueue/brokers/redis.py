@@ -167,6 +167,8 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
         Returns once it has subscribed (or failed to reach Redis), so that
         every step of the tasks submitted next is heard, not only their end.
         """
+        if self._first_listen.is_set():  # every submit comes here: no lock once open
+            return
         with self._lock:
             if self._listener is None:
                 self._listener = threading.Thread(target=self._listen, daemon=True,

@@ -279,12 +279,12 @@ class ProducerSide:
             chunk = ids[start:start + 500]
             with self._client.pipeline(transaction=True) as pipe:  # one moment's view
                 pipe.mget([self._result_key(i) for i in chunk])
-                pipe.hmget(self._key("messages"), chunk)
-                outcomes, messages = pipe.execute()
-            for task_id, raw, body in zip(chunk, outcomes, messages):
+                pipe.hmget(self._key("meta"), chunk)  # held exactly while the task lives
+                outcomes, metas = pipe.execute()
+            for task_id, raw, meta in zip(chunk, outcomes, metas):
                 if raw is not None:
                     self._apply(json.loads(raw))
-                elif body is None and task_id not in unsure:
+                elif meta is None and task_id not in unsure:
                     self._lost(task_id)
 
     def _lost(self, task_id: str) -> None:
