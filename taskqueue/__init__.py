@@ -27,6 +27,7 @@ from .pool import TaskQueue
 from .registry import TaskFunction
 from .retry import Backoff
 from .stats import Stats
+from .status import Overview, ProcessInfo, TaskInfo
 from .task import Task, TaskHandle, TaskState
 
 __version__ = "0.1.0"
@@ -49,6 +50,9 @@ __all__ = [
     "Retry",
     # Observing
     "Stats",
+    "TaskInfo",
+    "Overview",
+    "ProcessInfo",
     "DeadLetter",
     "Event",
     "EventKind",

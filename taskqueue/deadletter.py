@@ -15,7 +15,7 @@ from typing import Any, Deque, List, Optional, Tuple
 from .task import Task
 from .validate import whole_number
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = ["DeadLetter", "DeadLetterStore", "error_text"]
 
 
 class DeadLetter:
@@ -94,6 +94,14 @@ class DeadLetter:
         return (f"DeadLetter(task={self.task!r}, task_id={self.task_id!r}, "
                 f"exception={self.exception!r}, attempts={self.attempts!r}, "
                 f"submitted_at={self.submitted_at!r}, failed_at={self.failed_at!r})")
+
+
+def error_text(exc: BaseException) -> str:
+    """``"Type: message"``, how a status and a journal show a final error; never raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__}: <str() failed>"
 
 
 class DeadLetterStore:

@@ -50,6 +50,10 @@ class Event(NamedTuple):
     """The task's handle."""
     exception: Optional[BaseException] = None
     """The error, for ``retrying`` and ``failed``; None otherwise."""
+    seconds: Optional[float] = None
+    """For ``started``, how long this attempt waited in the queue; for
+    ``succeeded``, ``failed`` and ``retrying``, how long the attempt ran (None
+    for a task failed without an attempt); None for ``submitted`` and ``cancelled``."""
 
 
 Listener = Callable[[Event], object]
@@ -94,11 +98,12 @@ class Listeners:
             self.callbacks = tuple(callbacks)
 
     def emit(self, kind: EventKind, handle: "TaskHandle",
-             exception: Optional[BaseException] = None) -> None:
+             exception: Optional[BaseException] = None,
+             seconds: Optional[float] = None) -> None:
         """Send one event to every listener, logging any that raises."""
         # tuple.__new__ skips the NamedTuple's Python-level __new__: this runs
         # up to three times per task while anyone listens.
-        event = _new_event(Event, (kind, handle, exception))
+        event = _new_event(Event, (kind, handle, exception, seconds))
         for callback in self.callbacks:
             try:
                 callback(event)

@@ -45,7 +45,8 @@ class Message:
     """
 
     __slots__ = ("_id", "name", "fn", "args", "kwargs", "policy", "handle", "priority", "key",
-                 "time_limit", "task", "attempts", "due", "submitted_at", "enqueued_at")
+                 "time_limit", "task", "attempts", "due", "submitted_at", "enqueued_at",
+                 "started_at")
 
     def __init__(self, fn: Optional[Callable[..., Any]], args: Tuple[Any, ...],
                  kwargs: Optional[Dict[str, Any]], name: str, policy: RetryPolicy,
@@ -79,6 +80,8 @@ class Message:
         """When it was submitted, on the queue's clock."""
         self.enqueued_at = 0.0
         """When it last entered the ready queue (0.0: when it was submitted)."""
+        self.started_at: Optional[float] = None
+        """When its last attempt started, on the queue's clock (None: none has)."""
 
     @property
     def id(self) -> str:
@@ -86,6 +89,14 @@ class Message:
         if self._id is not None:
             return self._id
         return self.handle.id
+
+    @property
+    def status_key(self) -> Any:
+        """The key a broker files this task's status under (see :func:`~taskqueue.task.status_key`)."""
+        if self._id is not None:
+            return self._id
+        handle = self.handle
+        return handle._id if handle._id is not None else handle._seq
 
     @id.setter
     def id(self, value: str) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
+import time
 import weakref
 from concurrent.futures import Executor
 from time import monotonic
@@ -38,6 +40,7 @@ from .retry import Backoff, RandomSource, RetryPolicy, check_retry_on
 from .scheduler import Scheduler
 from .settle import Settle
 from .stats import Stats, snapshot
+from .status import HISTORY, Overview, ProcessInfo, TaskInfo
 from .supervisor import Supervisor
 from .task import Task, TaskHandle, callable_name
 
@@ -90,6 +93,8 @@ class TaskQueue(Executor):
             not started fails, and every later submit raises, with
             :class:`QueueBroken`.
         initargs: the initializer's arguments.
+        history: how many finished tasks' statuses to keep for
+            :meth:`get_task_status` (the most recent; 0 keeps none).
 
     Raises:
         TypeError: a parameter has the wrong type.
@@ -127,6 +132,7 @@ class TaskQueue(Executor):
         thread_name_prefix: Optional[str] = None,
         initializer: Optional[Callable[..., object]] = None,
         initargs: Tuple[Any, ...] = (),
+        history: int = HISTORY,
     ) -> None:
         if isinstance(broker, str):  # a URL: the broker it names, with default settings
             broker = broker_for_url(broker)
@@ -142,6 +148,7 @@ class TaskQueue(Executor):
         retry_on = check_retry_on(retry_on)
         self._submit_timeout = validate.optional_seconds("submit_timeout", submit_timeout)
         validate.whole_number("dead_letter_limit", dead_letter_limit, minimum=0)
+        validate.whole_number("history", history, minimum=0)
         time_limit = validate.optional_positive_seconds("time_limit", time_limit)
         grace = validate.seconds("time_limit_grace", time_limit_grace)
         for what, value in (("clock", clock), ("wait", wait), ("initializer", initializer)):
@@ -194,7 +201,7 @@ class TaskQueue(Executor):
             wait=wait or _condition_wait,
             exempt=lambda: supervised() or timer.on_timer_thread,
             lookup=_weak_lookup(weakref.ref(self._registry)),
-            message_for=self._make.for_task))
+            message_for=self._make.for_task, history=history))
         self._enqueue = self._broker.enqueue
         self._maxsize = maxsize
         # Dropped without shutdown(), the queue winds its parts down as it is
@@ -497,6 +504,95 @@ class TaskQueue(Executor):
         return snapshot(self._supervisor.tallies, read_counts=self._broker.counts,
                         workers=self._workers, now=self._clock())
 
+    def get_task_status(self, task_id: str) -> Optional[TaskInfo]:
+        """Return what this queue knows of task ``task_id`` (a handle's ``id``).
+
+        A task not yet ended is reported as it is now (pending, scheduled,
+        running); a finished one as it ended, for the most recent
+        ``history`` finished tasks (on the journal, across restarts; on
+        Redis, for every process, while its TTL lasts).
+
+        Returns:
+            Its :class:`TaskInfo`, or None if this queue has never seen the
+            id or has forgotten it: an unknown id is never reported as pending.
+
+        Raises:
+            TypeError: ``task_id`` is not a str.
+        """
+        if not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        self._lifecycle.refuse_if_forked()
+        return self._broker.task_status(task_id)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Cancel task ``task_id`` unless it has started: ``handle.cancel()`` by id.
+
+        For a dashboard or an operator holding an id, not a handle.
+
+        Returns:
+            True if it is cancelled now (or already was), False if it is
+            running, has ended, or is unknown.
+
+        Raises:
+            TypeError: ``task_id`` is not a str.
+        """
+        if not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        self._lifecycle.refuse_if_forked()
+        return self._broker.cancel_task(task_id)
+
+    def overview(self, limit: int = 100) -> Overview:
+        """Return what waits and runs now: pending by priority, scheduled and running tasks.
+
+        Args:
+            limit: at most this many tasks in each list (>= 0).
+
+        Raises:
+            ValueError, TypeError: a bad ``limit``.
+
+        On a broker in this process, ``processes`` is this one; on Redis,
+        every process that consumes.
+        """
+        validate.whole_number("limit", limit, minimum=0)
+        self._lifecycle.refuse_if_forked()
+        found = self._broker.overview(limit)
+        if self._broker.shared:
+            return found
+        here = ProcessInfo(name=f"{socket.gethostname()}:{self._pid}", workers=self._workers,
+                           running=self.stats().running, seen_at=time.time())
+        return Overview(pending_by_priority=found.pending_by_priority,
+                        scheduled=found.scheduled, running=found.running, processes=[here])
+
+    @property
+    def maxsize(self) -> int:
+        """How many tasks may wait before ``submit`` blocks (0: no bound)."""
+        return self._maxsize
+
+    def serve_dashboard(self, host: str = "127.0.0.1", port: int = 0,
+                        token: Optional[str] = None) -> Any:
+        """Serve a live dashboard of this queue over HTTP, from a thread of this process.
+
+        Args:
+            host: the address to bind; only a loopback address without a token.
+            port: the port (0: any free one; see the result's ``url``).
+            token: with it, the page can requeue and purge dead letters and
+                cancel tasks (each request carries it as ``Authorization:
+                Bearer``); without it the dashboard is read-only.
+
+        Returns:
+            A :class:`taskqueue.dashboard.Dashboard`, with ``url`` and
+            ``close()`` (also a context manager).
+
+        Raises:
+            ValueError: a non-loopback ``host`` without a token, or a bad port.
+            OSError: the address cannot be bound.
+        """
+        # The dashboard is a user of the queue's public API, one layer above
+        # it: imported only here, when asked for.
+        from .dashboard import QueueSource, serve
+
+        return serve(QueueSource(self), host=host, port=port, token=token)
+
     @property
     def broker(self) -> Broker:
         """Where this queue's tasks wait (a MemoryBroker, a JournalBroker, a RedisBroker)."""
@@ -515,6 +611,11 @@ class TaskQueue(Executor):
         """Return the dead letters held, oldest first (a copy)."""
         self._lifecycle.refuse_if_forked()
         return self._broker.dead_letters()
+
+    def purge_dead(self) -> int:
+        """Forget every dead letter (in the journal or Redis too); return how many."""
+        self._lifecycle.refuse_if_forked()
+        return self._broker.purge_dead()
 
     def requeue(self, dead_letter: DeadLetter) -> TaskHandle:
         """Submit a dead letter's task again and forget the letter.

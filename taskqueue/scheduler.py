@@ -125,6 +125,14 @@ class Scheduler:
         with self._cond:
             return len(self._heap) - self._tombstones
 
+    def items(self) -> List[Tuple[float, Any]]:
+        """Every held item with its due time, earliest first (a copy, for a look inside)."""
+        with self._cond:
+            held = [entry for entry in self._heap
+                    if entry[2] is not _CANCELLED and entry[2] is not _HANDED]
+        held.sort()
+        return [(entry[0], entry[2]) for entry in held]
+
     def threads(self) -> FrozenSet[threading.Thread]:
         """The timer thread, once started (for "is this one of ours?")."""
         thread = self._thread

@@ -57,7 +57,7 @@ class Settle:
         """An attempt returned ``result``: the task succeeded."""
         consumer.succeeded(message, result)
         if self._listeners.callbacks:
-            self._listeners.emit(_SUCCEEDED, message.handle)
+            self._listeners.emit(_SUCCEEDED, message.handle, None, self._ran(message))
         consumer.ack(message)
 
     def failed(self, consumer: Consumer, message: Message, exc: BaseException) -> Optional[Message]:
@@ -69,7 +69,7 @@ class Settle:
         attempt = message.attempts
         delay = decide(message.policy, exc, attempt)
         if delay is None:
-            self._bury(consumer, message, exc)
+            self._bury(consumer, message, exc, self._ran(message))
             return None
         # INFO, as Celery, Dramatiq and Huey log a retry: it is the queue
         # doing its job. With logging unconfigured it then costs one check,
@@ -81,7 +81,7 @@ class Settle:
         # Told while the task waits and before it can start again: a listener
         # sees RETRYING before the next STARTED, and may still cancel it.
         if self._listeners.callbacks:
-            self._listeners.emit(_RETRYING, message.handle, exc)
+            self._listeners.emit(_RETRYING, message.handle, exc, self._ran(message))
         return consumer.reschedule(message, delay)
 
     def refused(self, consumer: Consumer, message: Message, exc: BaseException) -> None:
@@ -93,14 +93,21 @@ class Settle:
         """
         if message.handle._begin(message.attempts):
             consumer.current = message
-            self._bury(consumer, message, exc)
+            self._bury(consumer, message, exc, None)
 
-    def _bury(self, consumer: Consumer, message: Message, exc: BaseException) -> None:
+    def _ran(self, message: Message) -> Optional[float]:
+        # How long the attempt ran, for listeners (the worker timed it too,
+        # for the stats, but only listeners need it here).
+        started = message.started_at
+        return None if started is None else self._clock() - started
+
+    def _bury(self, consumer: Consumer, message: Message, exc: BaseException,
+              ran: Optional[float]) -> None:
         consumer.failed(message, self._dead_letter(message, exc))
         log.error("task %s (%s) failed after %d attempt(s)", message.name, message.id,
                   message.attempts, exc_info=exc)
         if self._listeners.callbacks:
-            self._listeners.emit(_FAILED, message.handle, exc)
+            self._listeners.emit(_FAILED, message.handle, exc, ran)
         consumer.ack(message)
 
     def _dead_letter(self, message: Message, exc: BaseException) -> DeadLetter:

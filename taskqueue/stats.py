@@ -81,6 +81,9 @@ class Stats:
     """99th percentile of run time."""
     completed_per_second: float
     """Attempts ended per second over the recent window (0.0 when idle or unknown)."""
+    scheduled: int = 0
+    """Of the pending tasks, those waiting for a due time (a delay or a backoff);
+    ``pending - scheduled`` wait for a worker."""
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:
@@ -135,13 +138,14 @@ def snapshot(
     running = min(running, max(0, submitted - succeeded - failed - cancelled))
     waits = sorted(x for w, _, _ in windows for x in w)
     runs = sorted(x for _, r, _ in windows for x in r)
+    pending = max(0, submitted - succeeded - failed - cancelled - running)
     return Stats(
         submitted=submitted,
         succeeded=succeeded,
         failed=failed,
         cancelled=cancelled,
         retried=retried,
-        pending=max(0, submitted - succeeded - failed - cancelled - running),
+        pending=pending,
         running=running,
         workers=workers,
         dead_letters=counts.dead_letters,
@@ -153,6 +157,7 @@ def snapshot(
         run_p95=percentile(runs, 0.95),
         run_p99=percentile(runs, 0.99),
         completed_per_second=_rate([e for _, _, e in windows], now),
+        scheduled=min(counts.scheduled, pending),
     )
 
 

@@ -35,7 +35,7 @@ from .validate import (integer, optional_positive_seconds, optional_seconds, wai
 if TYPE_CHECKING:
     from .message import Message
 
-__all__ = ["Task", "TaskState", "TaskHandle", "callable_name"]
+__all__ = ["Task", "TaskState", "TaskHandle", "callable_name", "status_key"]
 
 log = logging.getLogger(__name__)
 
@@ -576,6 +576,22 @@ class TaskHandle(Future):  # type: ignore[type-arg]
                 callback(self)
             except BaseException:  # even SystemExit: a caller's callback must not break the worker
                 log.exception("done callback %r of %r raised", callback, self)
+
+
+def status_key(task_id: str) -> Any:
+    """The key under which a broker in this process files the status of ``task_id``.
+
+    A handle's own id is its sequence number (an int, which costs nothing to
+    hash or keep) under this run's prefix; any other id (a durable broker's)
+    is its own key. Matches :attr:`Message.status_key <taskqueue.message.Message.status_key>`.
+    """
+    prefix, _, seq = task_id.rpartition("-")
+    if prefix == _ID_PREFIX and seq:
+        try:
+            return int(seq, 16)
+        except ValueError:
+            pass
+    return task_id
 
 
 def _notifying_canceller(on_cancel: Callable[[TaskHandle], object]) -> Callable[[TaskHandle], bool]:

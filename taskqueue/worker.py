@@ -112,10 +112,11 @@ class Worker:
                 message = receive()  # started, or None
                 if message is None:
                     return  # stopped, and nothing left to run
-            started = clock()
-            tally.waits.append(started - (message.enqueued_at or message.submitted_at))
+            message.started_at = started = clock()
+            waited = started - (message.enqueued_at or message.submitted_at)
+            tally.waits.append(waited)
             if listeners.callbacks:
-                emit(started_kind, message.handle)
+                emit(started_kind, message.handle, None, waited)
             limit = message.time_limit or default_limit
             try:
                 if limit is not None:

@@ -357,6 +357,11 @@ class WorkQueue(queue.Queue):  # type: ignore[type-arg]
             self._wake_room_waiters()
             return items
 
+    def waiting(self) -> Dict[Any, List[Any]]:
+        """The items queued now, by priority, each level in the order it is taken (a copy)."""
+        with self.mutex:
+            return {priority: list(bucket) for priority, bucket in self._buckets.items() if bucket}
+
     def wait_all_done(self, timeout: Optional[float] = None) -> bool:
         """Wait until every accepted item is marked done; False on timeout."""
         deadline = None if timeout is None else monotonic() + timeout

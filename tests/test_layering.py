@@ -17,7 +17,7 @@ LAYERS: Dict[str, int] = {
     "errors": 1,
     "retry": 2, "stats": 2,
     "task": 3, "message": 4,
-    "deadletter": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 4,
+    "deadletter": 4, "status": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 4,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
     "brokers.base": 6, "brokers.redis_codec": 6,
     "brokers.memory": 7, "brokers.redis_producer": 7, "brokers.redis_consumer": 7,

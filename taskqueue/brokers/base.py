@@ -38,6 +38,8 @@ import abc
 from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Any, Callable, ClassVar, FrozenSet, List, Optional, Tuple)
 
+from ..status import Overview
+
 if TYPE_CHECKING:
     import threading
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from ..errors import QueueClosed
     from ..message import Message
     from ..stats import WorkerTally
+    from ..status import TaskInfo
     from ..task import Task, TaskHandle
 
 __all__ = ["Broker", "Consumer", "Binding", "BrokerCounts", "Wait"]
@@ -78,6 +81,8 @@ class Binding:
     """The task function registered under a name, or None: for messages read back by name."""
     message_for: Callable[["Task"], "Message"]
     """Builds a message and its handle from a Task, as ``submit`` does (queue defaults applied)."""
+    history: int = 10_000
+    """How many finished tasks' statuses to keep (0: none); see :meth:`Broker.task_status`."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class BrokerCounts:
     """Attempts run again after a failure, where the broker counts them."""
     running: Optional[int] = None
     """Attempts running now, where the broker counts them."""
+    scheduled: int = 0
+    """Tasks waiting for a due time (a delay or a backoff): part of the pending ones."""
 
 
 class Consumer(abc.ABC):
@@ -313,6 +320,35 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def closed_error(self) -> QueueClosed:
         """Return the error a producer gets once the broker is closed."""
+
+    def task_status(self, task_id: str) -> Optional[TaskInfo]:
+        """The status of task ``task_id``: live, or finished and still remembered.
+
+        A broker keeps the statuses of the most recent ``Binding.history``
+        finished tasks; None means it has never seen the id, or has
+        forgotten it (never "pending" for an unknown id). By default a
+        broker remembers nothing: None.
+        """
+        return None
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Cancel task ``task_id`` if it has not started: :meth:`TaskHandle.cancel` by id.
+
+        Returns:
+            True if it is cancelled now (or was already), False if it has
+            started, ended, or is unknown here. By default nothing is known: False.
+        """
+        return False
+
+    def overview(self, limit: int) -> Overview:
+        """What waits and runs now: pending by priority, scheduled and running tasks.
+
+        Args:
+            limit: at most this many tasks in each list.
+
+        By default a broker shows nothing (an empty :class:`Overview`).
+        """
+        return Overview(pending_by_priority={}, scheduled=[], running=[])
 
     def submitted_here(self) -> int:
         """How many tasks this process has taken in (the interpreter-exit drain's measure)."""

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any, Dict, FrozenSet, List, Optional, Set
 
-from ..deadletter import DeadLetter
+from ..deadletter import DeadLetter, error_text
 from ..errors import JournalError, QueueClosed, TaskQueueError
 from ..journal import DEAD, RUNNING, SCHEDULED, Journal, Row
 from ..message import Message
@@ -292,14 +292,6 @@ class JournalConsumer(MemoryConsumer):
         """Record when the next attempt is due, then as :meth:`MemoryConsumer.retrying`."""
         self._journal.record_retry(message.id, message.attempts, time.time() + delay)
         super().retrying(message, delay)
-
-
-def error_text(exc: BaseException) -> str:
-    """``"Type: message"`` for a journal's dead letter; never raises."""
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception:
-        return f"{type(exc).__name__}: <str() failed>"
 
 
 def _journal_options(task: Optional[Task], fn: TaskFunction[Any]) -> Dict[str, Any]:

@@ -21,19 +21,23 @@ is the same broker with a SQLite file behind it.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, FrozenSet, List, Optional, Tuple
+import weakref
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ..deadletter import DeadLetter, DeadLetterStore
+from ..deadletter import DeadLetter, DeadLetterStore, error_text
 from ..errors import QueueClosed, QueueFull
 from ..message import Message
 from ..scheduler import Scheduler
 from ..stats import WorkerTally
-from ..task import TaskHandle
+from ..status import History, Overview, TaskInfo, WallClock, info_of
+from ..task import TaskHandle, TaskState, status_key
 from ..unique import BUSY, UniqueKeys
 from ..workqueue import WorkQueue
 from .base import Binding, Broker, BrokerCounts, Callbacks, Consumer
 
 __all__ = ["MemoryBroker", "MemoryConsumer"]
+
+_SUCCEEDED = TaskState.SUCCEEDED  # looked up once: used per task
 
 
 class MemoryBroker(Broker):
@@ -64,6 +68,12 @@ class MemoryBroker(Broker):
                                     name=f"{binding.name}-scheduler")
         self._keys = UniqueKeys()
         self._dead = DeadLetterStore(binding.dead_letter_limit)
+        # Every task taken in and not yet ended, by status key (see
+        # Message.status_key), for task_status(); and the finished ones.
+        self._live: Dict[Any, Message] = {}
+        self._wall = WallClock(binding.clock)
+        self._history = History(binding.history, self._wall)
+        self._consumers: "weakref.WeakSet[MemoryConsumer]" = weakref.WeakSet()
 
     def _make_work_queue(self, binding: Binding) -> WorkQueue:
         """The ready queue; a subclass may order it otherwise (override WorkQueue's hooks)."""
@@ -86,13 +96,24 @@ class MemoryBroker(Broker):
     def enqueue(self, message: Message, block: bool = True,
                 timeout: Optional[float] = None) -> TaskHandle:
         """Queue ``message`` (see :meth:`Broker.enqueue`)."""
-        if message.key is None and message.due is None:  # the common case, flat
-            self._work.admit(message, block=block, timeout=timeout, exempt=self._exempt)
+        # Known as live before a worker can see it (and end it); forgotten
+        # again if it is not taken in.
+        live, key = self._live, message.status_key
+        live[key] = message
+        try:
+            if message.key is None and message.due is None:  # the common case, flat
+                self._work.admit(message, block=block, timeout=timeout, exempt=self._exempt)
+                return message.handle
+            if message.key is not None:
+                handle = self._enqueue_unique(message, block, timeout)
+                if handle is not message.handle:  # a live task holds the key
+                    live.pop(key, None)
+                return handle
+            self._enter(message, block, timeout)
             return message.handle
-        if message.key is not None:
-            return self._enqueue_unique(message, block, timeout)
-        self._enter(message, block, timeout)
-        return message.handle
+        except BaseException:
+            live.pop(key, None)
+            raise
 
     def _enter(self, message: Message, block: bool, timeout: Optional[float]) -> None:
         if message.due is None:
@@ -124,6 +145,7 @@ class MemoryBroker(Broker):
 
     def enter_recovered(self, message: Message) -> None:
         """Take in a message read back after a restart: past the bound, keys claimed."""
+        self._live[message.status_key] = message
         if message.key is not None and self._keys.claim(message.key, message.handle, 0.0) is None:
             self._keys.admitted(message.handle)
         if message.due is None:
@@ -139,7 +161,9 @@ class MemoryBroker(Broker):
 
     def consumer(self, tally: WorkerTally) -> MemoryConsumer:
         """A consumer for one worker thread."""
-        return MemoryConsumer(self, tally)
+        consumer = MemoryConsumer(self, tally)
+        self._consumers.add(consumer)
+        return consumer
 
     def _due(self, message: Message) -> None:
         # On the scheduler's thread: a retry or a delayed task is due.
@@ -168,6 +192,7 @@ class MemoryBroker(Broker):
         """Count a withdrawn message as cancelled and free its key."""
         with self._lock:
             self._cancelled += 1
+        self.finished(message, TaskState.CANCELLED)
         if message.key is not None:
             self._keys.release(message.key, message.handle)
 
@@ -204,6 +229,55 @@ class MemoryBroker(Broker):
     def closed_error(self) -> QueueClosed:
         """The error a producer gets from a closed queue."""
         return self._work.closed_error()
+
+    # -- statuses ----------------------------------------------------------------------
+
+    def finished(self, message: Message, state: TaskState, error: Optional[str] = None) -> None:
+        """Remember the status of a task that has just ended, and forget it as live.
+
+        Called by the step that ends it, before its handle is resolved: a
+        look-up in between finds it live, or finished, never neither.
+        """
+        self._history.add(message, state, self._clock(), error)
+        self._live.pop(message.status_key, None)
+
+    def task_status(self, task_id: str) -> Optional[TaskInfo]:
+        """The status of ``task_id``: live in this process, or among the last finished."""
+        key = status_key(task_id)
+        message = self._live.get(key)
+        if message is not None:
+            state = message.handle.state
+            if not state.terminal:  # else it ended just now: its history says how
+                return info_of(message, state, self._wall)
+        return self._history.get(key, task_id)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Cancel ``task_id`` if it waits (its handle's ``cancel()``); False if started or unknown."""
+        message = self._live.get(status_key(task_id))
+        if message is not None:
+            return message.handle.cancel()
+        info = self._history.get(status_key(task_id), task_id)
+        return info is not None and info.state is TaskState.CANCELLED
+
+    def overview(self, limit: int) -> Overview:
+        """What is queued (by priority), scheduled (soonest first) and running, here."""
+        pending = {}
+        for priority, messages in self._work.waiting().items():
+            waiting = sum(1 for m in messages if not m.handle.done())
+            if waiting:
+                pending[priority] = waiting
+        wall = self._wall
+        scheduled = [info_of(m, TaskState.SCHEDULED, wall) for m in self._scheduled()[:limit]]
+        running = []
+        for consumer in list(self._consumers):
+            message = consumer.current
+            if message is not None and message.handle.running() and len(running) < limit:
+                running.append(info_of(message, TaskState.RUNNING, wall))
+        return Overview(pending_by_priority=pending, scheduled=scheduled, running=running)
+
+    def _scheduled(self) -> List[Message]:
+        # Waiting for a due time and not cancelled meanwhile, soonest first.
+        return [m for _, m in self._scheduler.items() if not m.handle.done()]
 
     # -- what is kept ----------------------------------------------------------------
 
@@ -243,7 +317,7 @@ class MemoryBroker(Broker):
         with self._lock:
             cancelled = self._cancelled
         return BrokerCounts(submitted=submitted, cancelled=cancelled, dead_letters=held,
-                            dead_letters_dropped=dropped)
+                            dead_letters_dropped=dropped, scheduled=len(self._scheduled()))
 
     def __repr__(self) -> str:
         name = self._binding.name if self._binding is not None else "unbound"
@@ -312,6 +386,7 @@ class MemoryConsumer(Consumer):
         tally = self.tally
         tally.running = 0
         tally.succeeded += 1
+        self._broker.finished(message, _SUCCEEDED)
         message.handle._succeed(result)
         if message.key is not None:  # after the handle is done: see unique.py
             self._broker._keys.release(message.key, message.handle)
@@ -322,6 +397,7 @@ class MemoryConsumer(Consumer):
         tally.running = 0
         tally.failed += 1
         self._broker.keep_dead(letter)
+        self._broker.finished(message, TaskState.FAILED, error_text(letter.exception))
         message.handle._fail(letter.exception)
         if message.key is not None:
             self._broker._keys.release(message.key, message.handle)
