@@ -46,7 +46,7 @@ class Message:
 
     __slots__ = ("_id", "name", "fn", "args", "kwargs", "policy", "handle", "priority", "key",
                  "time_limit", "task", "attempts", "due", "submitted_at", "enqueued_at",
-                 "started_at")
+                 "started_at", "status_key")
 
     def __init__(self, fn: Optional[Callable[..., Any]], args: Tuple[Any, ...],
                  kwargs: Optional[Dict[str, Any]], name: str, policy: RetryPolicy,
@@ -82,6 +82,9 @@ class Message:
         """When it last entered the ready queue (0.0: when it was submitted)."""
         self.started_at: Optional[float] = None
         """When its last attempt started, on the queue's clock (None: none has)."""
+        self.status_key: Any = handle._seq if handle._id is None else handle._id
+        """What a broker files this task's status under: :func:`~taskqueue.task.status_key`
+        of its id (the handle's number, an int that costs little to hash; a durable id as is)."""
 
     @property
     def id(self) -> str:
@@ -90,17 +93,9 @@ class Message:
             return self._id
         return self.handle.id
 
-    @property
-    def status_key(self) -> Any:
-        """The key a broker files this task's status under (see :func:`~taskqueue.task.status_key`)."""
-        if self._id is not None:
-            return self._id
-        handle = self.handle
-        return handle._id if handle._id is not None else handle._seq
-
     @id.setter
     def id(self, value: str) -> None:
-        self._id = value
+        self._id = self.status_key = value
 
     def __repr__(self) -> str:
         return f"<Message {self.id} {self.name!r} attempts={self.attempts}>"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import threading
 import time
 import weakref
@@ -558,6 +557,8 @@ class TaskQueue(Executor):
         found = self._broker.overview(limit)
         if self._broker.shared:
             return found
+        import socket  # slow to import (it builds enums): only for those who ask
+
         here = ProcessInfo(name=f"{socket.gethostname()}:{self._pid}", workers=self._workers,
                            running=self.stats().running, seen_at=time.time())
         return Overview(pending_by_priority=found.pending_by_priority,

@@ -14,7 +14,7 @@ means the same in every process that reads it.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
@@ -161,50 +161,77 @@ class History:
         limit: how many to keep; 0 keeps none.
         wall: turns the queue's clock readings into wall-clock times.
 
-    Each status is kept as a plain tuple, and a :class:`TaskInfo` built only
-    when somebody asks: recording one is on every task's way to its end.
-    Safe from any thread.
+    Recording a status is on every task's way to its end, so it allocates
+    nothing: the fields go into a ring of preallocated lists (one per
+    field), slot after slot, each new status over the oldest. A new tuple
+    per task would cost more in garbage collections than in building it.
+    A :class:`TaskInfo` is built only when somebody asks; a look-up scans
+    the kept keys at C speed (``list.index``). Safe from any thread.
     """
 
     def __init__(self, limit: int, wall: WallClock) -> None:
         self.limit = limit
         """How many statuses are kept at most."""
         self._wall = wall
-        self._kept: "OrderedDict[Any, Tuple[Any, ...]]" = OrderedDict()
+        size = limit or 1
+        self._keys: List[Any] = [None] * size
+        self._names: List[Optional[str]] = [None] * size
+        self._states: List[Optional[TaskState]] = [None] * size
+        self._attempts: List[int] = [0] * size
+        self._submitted: List[float] = [0.0] * size
+        self._started: List[Optional[float]] = [None] * size
+        self._finished: List[float] = [0.0] * size
+        self._errors: List[Optional[str]] = [None] * size
+        self._priorities: List[int] = [0] * size
+        self.add = self._adder()
 
-    def add(self, message: Message, state: TaskState, finished: float,
-            error: Optional[str] = None) -> None:
-        """Keep the status of the task ``message`` carries, ended in ``state`` at ``finished``.
+    def _adder(self) -> Callable[..., None]:
+        keys, names, states, attempts = self._keys, self._names, self._states, self._attempts
+        submitted, started, finished_at = self._submitted, self._started, self._finished
+        errors, priorities, limit = self._errors, self._priorities, self.limit or 1
+        next_slot = itertools.count().__next__  # one atomic step per status
 
-        ``finished`` is a reading of the queue's clock; the oldest status is
-        forgotten if the limit is reached.
-        """
-        if not self.limit:
-            return
-        record = (message.name, state, message.attempts, message.submitted_at,
-                  message.started_at, finished, error, message.priority)
-        kept = self._kept
-        # No lock: each of these is one step of the C OrderedDict, safe
-        # between threads; two threads adding at once may pop one each, and
-        # the history stays at most ``limit`` long.
-        kept[message.status_key] = record
-        if len(kept) > self.limit:
-            try:
-                kept.popitem(last=False)
-            except KeyError:  # another thread emptied it meanwhile
-                pass
+        # A closure over the lists: on every task's way to its end, so each
+        # field is a local lookup and a store, nothing more.
+        def add(message: Message, state: TaskState, finished: float,
+                error: Optional[str] = None) -> None:
+            """Keep the status of the task ``message`` carries, ended in ``state`` at ``finished``.
+
+            ``finished`` is a reading of the queue's clock; the oldest kept
+            status is forgotten once ``limit`` are kept.
+            """
+            slot = next_slot() % limit
+            # The key goes last and is blanked first: a look-up that finds
+            # it reads fields that are this task's (and checks it again).
+            keys[slot] = None
+            names[slot] = message.name
+            states[slot] = state
+            attempts[slot] = message.attempts
+            submitted[slot] = message.submitted_at
+            started[slot] = message.started_at
+            finished_at[slot] = finished
+            errors[slot] = error
+            priorities[slot] = message.priority
+            keys[slot] = message.status_key
+        return add
 
     def get(self, key: Any, task_id: str) -> Optional[TaskInfo]:
         """The status kept under ``key`` (``status_key(task_id)``), or None."""
-        record = self._kept.get(key)
-        if record is None:
+        keys = self._keys
+        try:
+            slot = keys.index(key)
+        except ValueError:
             return None
-        name, state, attempts, submitted, started, finished, error, priority = record
-        wall = self._wall
-        return TaskInfo(id=task_id, name=name, state=state, attempts=attempts,
-                        submitted_at=wall(submitted),
-                        started_at=None if started is None else wall(started),
-                        finished_at=wall(finished), error=error, priority=priority)
+        started = self._started[slot]
+        info = TaskInfo(id=task_id, name=self._names[slot] or "",  # type: ignore[arg-type]
+                        state=self._states[slot],  # type: ignore[arg-type]
+                        attempts=self._attempts[slot], submitted_at=self._wall(self._submitted[slot]),
+                        started_at=None if started is None else self._wall(started),
+                        finished_at=self._wall(self._finished[slot]), error=self._errors[slot],
+                        priority=self._priorities[slot])
+        if keys[slot] != key:  # overwritten while being read: forgotten meanwhile
+            return None
+        return info
 
     def __len__(self) -> int:
-        return len(self._kept)
+        return sum(1 for key in self._keys if key is not None)

@@ -238,7 +238,9 @@ class MemoryBroker(Broker):
         Called by the step that ends it, before its handle is resolved: a
         look-up in between finds it live, or finished, never neither.
         """
-        self._history.add(message, state, self._clock(), error)
+        history = self._history
+        if history.limit:
+            history.add(message, state, self._clock(), error)
         self._live.pop(message.status_key, None)
 
     def task_status(self, task_id: str) -> Optional[TaskInfo]:
@@ -339,6 +341,9 @@ class MemoryConsumer(Consumer):
         self.tally = tally
         self.current: Optional[Message] = None
         self._unacked = 0  # tasks ended and not yet marked done: paid with the next receive
+        history = broker._history
+        self._remember = history.add if history.limit else None
+        self._forget = broker._live.pop
 
     def receive(self) -> Optional[Message]:
         """The next message, started; None once stopped and drained.
@@ -386,7 +391,11 @@ class MemoryConsumer(Consumer):
         tally = self.tally
         tally.running = 0
         tally.succeeded += 1
-        self._broker.finished(message, _SUCCEEDED)
+        # As broker.finished(), inlined: this is every task's way to its end.
+        remember = self._remember
+        if remember is not None:
+            remember(message, _SUCCEEDED, self._clock())
+        self._forget(message.status_key, None)
         message.handle._succeed(result)
         if message.key is not None:  # after the handle is done: see unique.py
             self._broker._keys.release(message.key, message.handle)
