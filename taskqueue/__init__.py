@@ -21,7 +21,7 @@ from .errors import (BrokerError, JournalError, JournalLocked, QueueBroken, Queu
                      QueueFull, Retry, TaskFailed, TaskQueueError, TimeLimitExceeded)
 from .events import Event, EventKind
 from .journal import Journal
-from .journalfile import JournalView
+from .journalview import JournalView
 from .periodic import Periodic
 from .pool import TaskQueue
 from .registry import TaskFunction

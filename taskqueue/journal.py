@@ -99,12 +99,19 @@ _GATHER = 0.0005
 _SQL = {
     "submit": "INSERT INTO tasks (id, name, args, kwargs, options, state, attempts, due, "
               "submitted_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-    "started": "UPDATE tasks SET state = 'running', attempts = ? WHERE id = ?",
+    "started": "UPDATE tasks SET state = 'running', attempts = ?, started_at = ? WHERE id = ?",
     "retry": "UPDATE tasks SET state = ?, attempts = ?, due = ? WHERE id = ?",
     "dead": "UPDATE tasks SET state = 'dead', attempts = ?, error = ?, traceback = ?, "
             "failed_at = ?, due = NULL WHERE id = ?",
     "delete": "DELETE FROM tasks WHERE id = ?",
     "delete_dead": "DELETE FROM tasks WHERE id = ? AND state = 'dead'",
+    "status": "INSERT OR REPLACE INTO history (id, name, state, attempts, submitted_at, "
+              "started_at, finished_at, error, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "owner": "INSERT OR REPLACE INTO owner (id, pid, host, workers, started_at) "
+             "VALUES (1, ?, ?, ?, ?)",
+    "count": "INSERT INTO counters (name, value) VALUES (?, ?) "
+             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+    "forget": "DELETE FROM history WHERE seq <= (SELECT max(seq) FROM history) - ?",
 }
 
 
@@ -166,6 +173,8 @@ class Journal:
         self._broken: Optional[str] = None  # why the writer thread died, if it did
         self._file_closed = False
         self._commits = 0
+        self.history = 10_000
+        """How many ended tasks' statuses to keep (0: none); its queue sets it."""
         self._conn = self._open()
         self._writer = threading.Thread(target=self._write_loop, name=f"journal-{self.path}",
                                         daemon=True)
@@ -205,6 +214,7 @@ class Journal:
             if version < self.schema_version:
                 self._migrate(conn, version)
             conn.execute("PRAGMA journal_mode = WAL")
+            journalfile.add_observed_tables(conn)
             conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
         except sqlite3.Error as exc:
             conn.close()
@@ -297,10 +307,11 @@ class Journal:
         Raises:
             JournalError: with ``wait``, it could not be written.
         """
+        params = (attempts, time.time(), task_id)
         if not wait:
-            self._put("started", (attempts, task_id))
+            self._put("started", params)
             return
-        self._wait_for_commit("started", (attempts, task_id), "the start")
+        self._wait_for_commit("started", params, "the start")
 
     def record_done(self, task_id: str) -> None:
         """Forget a task that ended well, was cancelled, or was not accepted."""
@@ -315,6 +326,33 @@ class Journal:
                     failed_at: float) -> None:
         """Keep a task that failed for good as a dead letter."""
         self._put("dead", (attempts, error, traceback, failed_at, task_id))
+
+    def record_status(self, task_id: str, name: str, state: str, attempts: int,
+                      submitted_at: Optional[float], started_at: Optional[float],
+                      finished_at: float, error: Optional[str], priority: int) -> None:
+        """Keep the status of a task that has ended (times in epoch seconds).
+
+        The most recent :attr:`history` statuses are kept, older ones
+        forgotten (all of them with 0); the totals of each end state are
+        counted either way.
+        """
+        self._put("status", (task_id, name, state, attempts, submitted_at, started_at,
+                                 finished_at, error, priority))
+
+    def record_owner(self, pid: int, host: str, workers: int) -> None:
+        """Note which process owns the file, and its workers (for a reader outside)."""
+        self._put("owner", (pid, host, workers, time.time()))
+
+    def status(self, task_id: str) -> Optional[Tuple[Any, ...]]:
+        """The kept status of an ended task: ``(name, state, attempts, submitted_at,
+        started_at, finished_at, error, priority)``, or None.
+
+        Raises:
+            JournalError: the file could not be read.
+        """
+        found = self._read("SELECT name, state, attempts, submitted_at, started_at, "
+                           "finished_at, error, priority FROM history WHERE id = ?", (task_id,))
+        return found[0] if found else None
 
     def forget_dead(self, task_id: str) -> None:
         """Delete a dead letter (it was requeued or purged)."""
@@ -561,6 +599,8 @@ class Journal:
         try:
             for sql, rows in _grouped(ops):
                 conn.executemany(sql, rows)
+            if any(op[0] == "status" for op in ops):  # keep the most recent statuses only
+                conn.execute(_SQL["forget"], (self.history,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -579,18 +619,29 @@ def _grouped(ops: List[_Op]) -> List[Tuple[str, List[Tuple[Any, ...]]]]:
     inserted, then updated, then deleted. So all inserts may go first and
     all deletes last, with the updates, in their order, between. An update
     of a task deleted in the same transaction is skipped: a short task's
-    "started" and "done" often commit together.
+    "started" and "done" often commit together. Ended tasks' statuses go in
+    last, with the totals they add up to (and the retries) counted once per
+    transaction.
     """
     deleted = {params[0] for kind, params, _ in ops if kind == "delete"}
     inserts: List[Tuple[Any, ...]] = []
+    statuses: List[Tuple[Any, ...]] = []
+    counts: Dict[str, int] = {}
     updates: List[Tuple[str, List[Tuple[Any, ...]]]] = []
     deletes: Dict[str, List[Tuple[Any, ...]]] = {"delete": [], "delete_dead": []}
     for kind, params, _ in ops:
         if kind == "submit":
             inserts.append(params)
+        elif kind == "status":
+            statuses.append(params)
+            counts[params[2]] = counts.get(params[2], 0) + 1
         elif kind in deletes:
             deletes[kind].append(params)
-        elif params[-1] not in deleted:  # an update: the id comes last
+        else:
+            if kind == "retry":
+                counts["retried"] = counts.get("retried", 0) + 1
+            if params[-1] in deleted:  # an update: the id comes last
+                continue
             if updates and updates[-1][0] == _SQL[kind]:
                 updates[-1][1].append(params)
             else:
@@ -598,4 +649,8 @@ def _grouped(ops: List[_Op]) -> List[Tuple[str, List[Tuple[Any, ...]]]]:
     grouped = [(_SQL["submit"], inserts)] if inserts else []
     grouped += updates
     grouped += [(_SQL[kind], rows) for kind, rows in deletes.items() if rows]
+    if statuses:
+        grouped.append((_SQL["status"], statuses))
+    if counts:
+        grouped.append((_SQL["count"], sorted(counts.items())))
     return grouped

@@ -36,7 +36,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .errors import JournalError, JournalLocked
 from .validate import MAX_SECONDS
@@ -47,7 +47,8 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS", "COLUMNS", "DURABILITIES", "STATES",
-           "PENDING", "SCHEDULED", "RUNNING", "DEAD", "Migration", "Row", "JournalView",
+           "PENDING", "SCHEDULED", "RUNNING", "DEAD", "Migration", "Row", "OBSERVED",
+           "add_observed_tables", "owner_running",
            "check_durability", "claim", "release", "check_file", "check_rows", "decode_row",
            "one_line"]
 
@@ -82,6 +83,37 @@ CREATE TABLE tasks (
 COLUMNS = ("id, name, args, kwargs, options, state, attempts, due, submitted_at, error, "
            "traceback, failed_at")
 """The columns a :class:`Row` is read from, in its order (a later schema may add more)."""
+
+OBSERVED = """
+CREATE TABLE IF NOT EXISTS history (  -- the statuses of the most recent finished tasks
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    state        TEXT NOT NULL,  -- succeeded | failed | cancelled
+    attempts     INTEGER NOT NULL,
+    submitted_at REAL,
+    started_at   REAL,
+    finished_at  REAL NOT NULL,
+    error        TEXT,
+    priority     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counters (  -- totals over the file's life: succeeded, failed, ...
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owner (  -- the process that owns the file now (or last did)
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    pid        INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    workers    INTEGER NOT NULL,
+    started_at REAL NOT NULL
+);
+"""
+"""Tables for watching a journal from outside (statuses, totals, the owner).
+
+Added by an owner when it opens a file, if missing, without changing the
+schema version: a taskqueue that does not know them ignores them, and a
+reader finds them empty (or absent) on a file no such owner has opened."""
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -169,6 +201,37 @@ def claim(path: str, *, create: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def owner_running(path: str) -> bool:
+    """Whether a queue owns the journal at ``path`` now, in this or another process.
+
+    Never run it while a connection of this process reads the file: the
+    descriptor it opens and closes would drop that connection's locks (a
+    POSIX rule); an owner in this process is known without opening anything.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    with _owned_lock:
+        if (st.st_dev, st.st_ino) in _owned:
+            return True
+    if fcntl is None:  # pragma: no cover - not on POSIX
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def release(fd: int) -> None:
@@ -299,6 +362,14 @@ def read_only(path: str) -> sqlite3.Connection:
 
 def _quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def add_observed_tables(conn: sqlite3.Connection) -> None:
+    """Add :data:`OBSERVED`'s tables, and the tasks' ``started_at``, where missing (the owner, at open)."""
+    conn.executescript(OBSERVED)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(tasks)")]
+    if "started_at" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN started_at REAL")
 
 
 def check_file(path: str, conn: sqlite3.Connection, newest: int) -> int:
@@ -475,80 +546,3 @@ def check_rows(path: str, conn: sqlite3.Connection) -> None:
         raise JournalError(f"{path} is corrupt: {len(damaged)} task row(s) hold values "
                            f"taskqueue never writes; the first, {first.id}: {first.damage}. "
                            f"'python -m taskqueue journal {path} --damaged' lists them")
-
-
-
-# -- reading while the owner runs ----------------------------------------------------------
-
-class JournalView:
-    """A read-only look into a journal file, safe while its owner runs.
-
-    It takes no lock the owner needs and never writes (not even the header):
-    the command line uses it for summaries and listings.
-
-    Args:
-        path: the journal file.
-        serializer: decodes task arguments (``json`` if None).
-
-    Raises:
-        JournalError: the file is missing, not a journal, corrupt, or of a
-            newer schema version than this taskqueue reads.
-    """
-
-    def __init__(self, path: Union[str, "os.PathLike[str]"], *, serializer: Any = None,
-                 newest: int = SCHEMA_VERSION) -> None:
-        self.path = os.fspath(path)
-        """The journal file's path, as given."""
-        self._loads = (serializer or json).loads
-        self._lock = threading.Lock()
-        if not os.path.isfile(self.path):
-            if os.path.exists(self.path):
-                raise JournalError(f"{self.path} is not a regular file, so not a taskqueue journal")
-            raise JournalError(f"{self.path}: no such journal file")
-        self._conn = read_only(self.path)
-        try:
-            check_file(self.path, self._conn, newest)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def rows(self, where: str = "", params: Tuple[Any, ...] = (),
-             order: str = "submitted_at, rowid") -> Iterator[Row]:
-        """Yield the checked rows matching ``where`` (SQL, with ``?`` params), in ``order``.
-
-        Raises:
-            JournalError: the file cannot be read.
-        """
-        sql = f"SELECT {COLUMNS} FROM tasks" + (f" WHERE {where}" if where else "") \
-            + f" ORDER BY {order}"
-        for values in self._fetch(sql, params):
-            yield decode_row(values, self._loads)
-
-    def counts(self) -> Dict[str, int]:
-        """Return how many tasks are in each state (every state present, 0 if none)."""
-        found = dict(self._fetch("SELECT state, count(*) FROM tasks GROUP BY state", ()))
-        return {state: int(found.get(state, 0)) for state in STATES}
-
-    def dead(self, name: Optional[str] = None) -> List[Row]:
-        """Return the dead letters, oldest failure first; only ``name``'s if given."""
-        if name is None:
-            return list(self.rows("state = 'dead'", (), "failed_at, rowid"))
-        return list(self.rows("state = 'dead' AND name = ?", (name,), "failed_at, rowid"))
-
-    def _fetch(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise error(self.path, "cannot be read", exc) from None
-
-    def close(self) -> None:
-        """Close the read-only connection; idempotent."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> JournalView:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -200,7 +200,8 @@ class TaskQueue(Executor):
             wait=wait or _condition_wait,
             exempt=lambda: supervised() or timer.on_timer_thread,
             lookup=_weak_lookup(weakref.ref(self._registry)),
-            message_for=self._make.for_task, history=history))
+            message_for=self._make.for_task, history=history,
+            workers=_worker_count(self._supervisor)))
         self._enqueue = self._broker.enqueue
         self._maxsize = maxsize
         # Dropped without shutdown(), the queue winds its parts down as it is
@@ -725,6 +726,11 @@ def broker_for_url(url: str) -> Broker:
     # Only the scheme is shown: the rest of a URL may hold a password.
     raise ValueError(f"broker must be a Broker or a redis://, rediss:// or unix:// URL, "
                      f"got a URL of scheme {scheme or '(none)'!r}")
+
+
+def _worker_count(supervisor: Supervisor) -> Callable[[], int]:
+    # Not a lambda over the queue: the broker must not keep the queue alive.
+    return lambda: supervisor.count
 
 
 def _call(callback: Callable[[], object]) -> None:

@@ -171,7 +171,7 @@ def test_a_newer_file_with_a_write_ahead_log_is_refused_and_its_log_left_alone(
         conn = sqlite3.connect({path!r})
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA user_version = {SCHEMA_VERSION + 1}")
-        conn.execute("INSERT INTO tasks VALUES ('x', 'job', '[]', '{{}}', '{{}}', 'pending', 0, NULL, 1.0, NULL, NULL, NULL)")
+        conn.execute("INSERT INTO tasks (id, name, args, kwargs, options, state, attempts, due, submitted_at, error, traceback, failed_at) VALUES ('x', 'job', '[]', '{{}}', '{{}}', 'pending', 0, NULL, 1.0, NULL, NULL, NULL)")
         conn.commit()
         os._exit(0)
     """)

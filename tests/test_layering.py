@@ -17,8 +17,8 @@ LAYERS: Dict[str, int] = {
     "errors": 1,
     "retry": 2, "stats": 2,
     "task": 3, "message": 4,
-    "deadletter": 4, "status": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 4,
-    "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 5,
+    "deadletter": 4, "status": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 5,
+    "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 6, "journalview": 6,
     "brokers.base": 6, "brokers.redis_codec": 6,
     "brokers.memory": 7, "brokers.redis_producer": 7, "brokers.redis_consumer": 7,
     "brokers.journal": 8, "brokers.redis_scripts": 0, "brokers.redis_connection": 0,
@@ -29,8 +29,13 @@ LAYERS: Dict[str, int] = {
     "pool": 12,
     "__init__": 13,
 }
-# The command line and the demo are users: only the package's public names.
-USERS = {"cli", "cli_shared", "demo", "demo_redis", "__main__"}
+# The command line, the demo, the dashboard and the metrics collector are
+# users: only the package's public names.
+USERS = {"cli", "cli_shared", "demo", "demo_redis", "__main__", "metrics",
+         "dashboard.__init__", "dashboard.server", "dashboard.sources"}
+# TaskQueue.serve_dashboard() is the one way down to a user: it imports the
+# dashboard inside the method, only when called.
+LAZY_USERS = {"pool": {"dashboard.__init__"}}
 # A broker never imports the queue's own parts above it (pool, settle, ...):
 # the layers already say so; this names the rule the layers serve.
 BROKER_MODULES = {name for name in LAYERS if name.startswith("brokers.")}
@@ -102,9 +107,16 @@ def test_every_module_is_placed_in_a_layer() -> None:
     assert modules == set(LAYERS) | USERS
 
 
+def _path(name: str) -> Path:
+    return PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
+
+
 def test_imports_only_point_down() -> None:
     for name, layer in LAYERS.items():
-        for imported in imported_modules(PACKAGE.joinpath(*name.split(".")).with_suffix(".py")):
+        lazy = LAZY_USERS.get(name, set())
+        assert not lazy & imported_modules(_path(name), on_import=True), \
+            f"{name} imports {lazy} when it is imported"
+        for imported in imported_modules(_path(name)) - lazy:
             assert imported in LAYERS, f"{name} imports {imported}, a user module"
             assert LAYERS[imported] < layer, f"{name} (layer {layer}) imports {imported}"
 
@@ -117,9 +129,10 @@ def test_no_broker_imports_the_pool_or_its_parts() -> None:
 
 
 def test_the_cli_and_demo_use_only_public_names() -> None:
+    public_modules = {"__init__", "status", "journalview"}  # exported, or whose names are
     for name in USERS:
-        for imported in imported_modules(PACKAGE / f"{name}.py"):
-            assert imported in USERS | {"__init__"}, f"{name} imports taskqueue.{imported}"
+        for imported in imported_modules(_path(name)):
+            assert imported in USERS | public_modules, f"{name} imports taskqueue.{imported}"
 
 
 def test_the_redis_demo_builds_on_the_demo_and_is_loaded_only_when_asked_for() -> None:
@@ -128,6 +141,6 @@ def test_the_redis_demo_builds_on_the_demo_and_is_loaded_only_when_asked_for() -
     # in-memory demo nor the CLI loads the Redis one.
     assert "demo" in imported_modules(PACKAGE / "demo_redis.py", on_import=True)
     for name in USERS - {"demo_redis"}:
-        loaded = imported_modules(PACKAGE / f"{name}.py", on_import=True)
+        loaded = imported_modules(_path(name), on_import=True)
         assert "demo_redis" not in loaded, f"importing {name} imports demo_redis"
     assert "demo_redis" in imported_modules(PACKAGE / "demo.py")  # lazily, in run_demo

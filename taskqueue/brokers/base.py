@@ -83,6 +83,8 @@ class Binding:
     """Builds a message and its handle from a Task, as ``submit`` does (queue defaults applied)."""
     history: int = 10_000
     """How many finished tasks' statuses to keep (0: none); see :meth:`Broker.task_status`."""
+    workers: Callable[[], int] = lambda: 0
+    """How many worker threads the queue runs in this process (for those watching it)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -29,7 +31,8 @@ from ..message import Message
 from ..registry import TaskFunction
 from ..retry import Backoff
 from ..stats import WorkerTally
-from ..task import Task, TaskHandle
+from ..status import TaskInfo
+from ..task import Task, TaskHandle, TaskState
 from .base import Binding
 from .memory import MemoryBroker, MemoryConsumer
 
@@ -71,6 +74,46 @@ class JournalBroker(MemoryBroker):
         super().bind(binding)
         self._lookup = binding.lookup
         self._message_for = binding.message_for
+        self._workers = binding.workers
+        self.journal.history = binding.history
+
+    def start(self) -> None:
+        """As :meth:`MemoryBroker.start`; the file notes who owns it, for those watching."""
+        super().start()
+        self.journal.record_owner(os.getpid(), socket.gethostname(), self._workers())
+
+    # -- statuses ------------------------------------------------------------------
+
+    def finished(self, message: Message, state: TaskState, error: Optional[str] = None) -> None:
+        """As :meth:`MemoryBroker.finished`; the status is kept in the file too."""
+        super().finished(message, state, error)
+        if state is TaskState.CANCELLED and not self.accepting:
+            return  # cancelled by a shutdown: it stays in the file, to run next time
+        self._record_status(message, state, error)
+
+    def _record_status(self, message: Message, state: TaskState, error: Optional[str]) -> None:
+        wall = self._wall
+        started = message.started_at
+        self.journal.record_status(message.id, message.name, state.value, message.attempts,
+                                   wall(message.submitted_at),
+                                   None if started is None else wall(started), time.time(),
+                                   error, message.priority)
+
+    def task_status(self, task_id: str) -> Optional[TaskInfo]:
+        """As :meth:`MemoryBroker.task_status`, then the file: statuses outlive a restart."""
+        info = super().task_status(task_id)
+        if info is not None or not self._history.limit:
+            return info
+        try:
+            found = self.journal.status(task_id)
+        except JournalError:
+            return None  # closed: what this run kept was all there was
+        if found is None:
+            return None
+        name, state, attempts, submitted, started, finished, error, priority = found
+        return TaskInfo(id=task_id, name=name, state=TaskState(state), attempts=attempts,
+                        submitted_at=submitted, started_at=started, finished_at=finished,
+                        error=error, priority=priority)
 
     def threads(self) -> FrozenSet[Any]:
         """The scheduler's thread and the journal's writer."""
@@ -278,8 +321,9 @@ class JournalConsumer(MemoryConsumer):
                                      wait=self._first_start(message.id))
 
     def succeeded(self, message: Message, result: Any) -> None:
-        """Forget the task in the file, then as :meth:`MemoryConsumer.succeeded`."""
+        """Forget the task in the file (keeping its status), then as :meth:`MemoryConsumer.succeeded`."""
         self._journal.record_done(message.id)
+        self._broker._record_status(message, TaskState.SUCCEEDED, None)
         super().succeeded(message, result)
 
     def failed(self, message: Message, letter: DeadLetter) -> None:
