@@ -20,7 +20,7 @@ LAYERS: Dict[str, int] = {
     "deadletter": 4, "status": 4, "events": 4, "registry": 4, "mapping": 4, "unique": 4, "journalfile": 5,
     "scheduler": 5, "workqueue": 5, "timelimit": 5, "periodic": 5, "journal": 6, "journalview": 6,
     "brokers.base": 6, "brokers.redis_codec": 6,
-    "brokers.memory": 7, "brokers.redis_producer": 7, "brokers.redis_consumer": 7,
+    "brokers.memory": 7, "brokers.redis_producer": 7, "brokers.redis_consumer": 7, "brokers.redis_status": 7,
     "brokers.journal": 8, "brokers.redis_scripts": 0, "brokers.redis_connection": 0,
     "brokers.redis": 8,
     "brokers.__init__": 9,

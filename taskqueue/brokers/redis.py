@@ -60,15 +60,17 @@ from .base import Binding, Broker, BrokerCounts, Callbacks
 from . import redis_scripts as scripts
 # CRASHES_FORGIVEN, safe_url and RedisConsumer are also this module's own
 # names: importable from here, where they were before the broker was split.
-from .redis_codec import CRASHES_FORGIVEN, _body_and_meta, _failure, _text, _Unregistered
+from .redis_codec import (CRASHES_FORGIVEN, _body_and_meta, _failure, _text, _Unregistered,
+                          outcome_fields)
 from .redis_connection import _BLOCK, _import_redis, _Outage, _safe_text, safe_url
 from .redis_consumer import _NO_TAKE, ConsumerSide, RedisConsumer
 from .redis_producer import ProducerSide
+from .redis_status import StatusSide
 
 __all__ = ["RedisBroker", "RedisConsumer", "CRASHES_FORGIVEN", "safe_url"]
 
 
-class RedisBroker(ProducerSide, ConsumerSide, Broker):
+class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
     """A queue in Redis, shared by every process that uses its namespace.
 
     Args:
@@ -233,8 +235,11 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
 
     def withdraw(self, handle: TaskHandle) -> Optional[Tuple[Message, Callbacks]]:
         """Cancel a task still waiting in Redis (queued or scheduled)."""
+        message = handle._message
         outcome = {"id": handle.id, "state": "cancelled", "attempts": handle.attempts,
-                   "finished_at": time.time()}
+                   "finished_at": time.time(), **outcome_fields(
+                       handle.name, 0 if message is None else message.priority,
+                       None if message is None else self._wall(message.submitted_at), None)}
         result = self._call("FINISH", [self._events, handle.id, "", json.dumps(outcome),
                                        self.result_ttl, "cancelled", "", self._dead_letter_limit(),
                                        *_NO_TAKE])
@@ -246,6 +251,25 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
         message = handle._message or Message(None, (), None, handle.name, RetryPolicy(
             0, Backoff.none(), (Exception,)), handle)
         return message, callbacks or []
+
+    def _handle_of(self, task_id: str) -> Optional[TaskHandle]:
+        with self._lock:
+            return self._pending.get(task_id)
+
+    def _cancel_by_id(self, task_id: str, info: Any) -> bool:
+        # A task this process does not follow: cancelled in Redis, in the
+        # script a handle's cancel() runs; its producer hears of it.
+        outcome = {"id": task_id, "state": "cancelled", "attempts": info.attempts,
+                   "finished_at": time.time(),
+                   **outcome_fields(info.name, info.priority, info.submitted_at, None)}
+        result = self._call("FINISH", [self._events, task_id, "", json.dumps(outcome),
+                                       self.result_ttl, "cancelled", "", self._dead_letter_limit(),
+                                       *_NO_TAKE])
+        return int(result[0]) == 1
+
+    def _wall(self, reading: float) -> float:
+        # A reading of the queue's clock as wall-clock time.
+        return time.time() - max(0.0, self._clock() - reading)
 
     def _cancel_remote(self, handle: TaskHandle) -> bool:
         withdrawn = self.withdraw(handle)
@@ -454,14 +478,15 @@ class RedisBroker(ProducerSide, ConsumerSide, Broker):
                 pipe.hgetall(self._key("stats"))
                 pipe.zcard(self._key("leases"))
                 pipe.hlen(self._key("dead"))
+                pipe.zcard(self._key("delayed"))
                 return list(pipe.execute())
-        stats, running, dead = self._guarded(read)
+        stats, running, dead, delayed = self._guarded(read)
         counters = {_text(k): int(v) for k, v in stats.items()}
         return BrokerCounts(
             submitted=counters.get("submitted", 0), cancelled=counters.get("cancelled", 0),
             dead_letters=int(dead), dead_letters_dropped=counters.get("dead_letters_dropped", 0),
             succeeded=counters.get("succeeded", 0), failed=counters.get("failed", 0),
-            retried=counters.get("retried", 0), running=int(running))
+            retried=counters.get("retried", 0), running=int(running), scheduled=int(delayed))
 
     def claim_tick(self, name: str, tick: int, interval: float) -> bool:
         """Whether this process fires tick ``tick`` of periodic ``name`` (one process does).

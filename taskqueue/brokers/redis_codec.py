@@ -117,5 +117,12 @@ def _local_letter(message: Message, exc: BaseException) -> DeadLetter:
                       attempts=message.attempts, submitted_at=time.time(), failed_at=time.time())
 
 
+def outcome_fields(name: str, priority: int, submitted_at: Optional[float],
+                   started_at: Optional[float]) -> Dict[str, Any]:
+    """What an outcome carries besides its state, so that it reads back as a task's status."""
+    return {"name": name, "priority": priority, "submitted_at": submitted_at,
+            "started_at": started_at}
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -27,7 +27,7 @@ from ..retry import Backoff, RetryPolicy
 from ..stats import WorkerTally
 from ..task import TaskHandle
 from .base import Consumer
-from .redis_codec import CRASHES_FORGIVEN, _error, _letter, _local_letter, _text
+from .redis_codec import CRASHES_FORGIVEN, _error, _letter, _local_letter, _text, outcome_fields
 from .redis_connection import _BACKOFF_FIRST, _BACKOFF_MOST, _BLOCK, log
 
 if TYPE_CHECKING:  # only for hints: the broker imports this module
@@ -138,8 +138,11 @@ class ConsumerSide:
         self._release(message.id)
         if token is None:
             return None
+        started = message.started_at
         outcome = {"id": message.id, "state": state, "attempts": message.attempts,
-                   "finished_at": time.time(), **outcome}
+                   "finished_at": time.time(), **outcome, **outcome_fields(
+                       message.name, message.priority, self._wall(message.submitted_at),
+                       None if started is None else self._wall(started))}
         reply = self._call("FINISH", [self._events, message.id, token, json.dumps(outcome),
                                       self.result_ttl, state,
                                       "" if letter is None else json.dumps(letter),
@@ -274,7 +277,9 @@ class ConsumerSide:
         now = time.time()
         self._client.hset(self._key("workers"), self._worker_id,
                           json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                      "running": running, "seen": now}))
+                                      "running": running, "seen": now,
+                                      "workers": self._binding.workers() if self._binding
+                                      else 0}))
 
     def _forget_worker(self) -> None:
         if self._maintainer is None:
