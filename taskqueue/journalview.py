@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import journalfile
 from .deadletter import DeadLetter
-from .errors import JournalError, TaskQueueError
+from .errors import JournalError, TaskFailed
 from .journalfile import (COLUMNS, DEAD, PENDING, RUNNING, SCHEDULED, SCHEMA_VERSION, STATES, Row,
                           check_file, decode_row, error, read_only)
 from .stats import Stats, percentile
@@ -180,7 +180,7 @@ class JournalView:
         the function): requeue through the program that owns the file.
         """
         return [DeadLetter(task=Task(_Elsewhere(row.name), row.args, row.kwargs, name=row.name),
-                           task_id=row.id, exception=TaskQueueError(row.error or "failed"),
+                           task_id=row.id, exception=_failure(row.error, row.traceback),
                            traceback=row.traceback or "", attempts=row.attempts,
                            submitted_at=row.submitted_at,
                            failed_at=row.failed_at if row.failed_at is not None else 0.0)
@@ -227,6 +227,12 @@ class JournalView:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _failure(text: Optional[str], traceback: Optional[str]) -> TaskFailed:
+    # "Type: message", as the owner wrote it, back as the error it names.
+    kind, _, message = (text or "Exception: failed").partition(": ")
+    return TaskFailed(kind, message, traceback or "")
 
 
 def _priority(options: Any) -> int:

@@ -309,3 +309,35 @@ def _ends(handle: Any) -> bool:
     except BaseException:
         pass
     return handle.done()
+
+
+def test_a_process_without_the_task_function_requeues_a_redis_dead_letter_by_name(
+        redis_url: str, namespace: str) -> None:
+    # A dashboard's queue (workers=0, nothing registered) requeues what a
+    # worker process failed; the worker runs it again, with its own options.
+    fixed = threading.Event()
+
+    def flaky() -> str:
+        if not fixed.is_set():
+            raise ValueError("not yet")
+        return "ok"
+
+    worker = TaskQueue(workers=1, broker=RedisBroker(redis_url, namespace=namespace))
+    watcher = TaskQueue(workers=0, broker=RedisBroker(redis_url, namespace=namespace))
+    job = worker.task(flaky, name="flaky", priority=2)
+    try:
+        worker.start()
+        job.submit().exception(WAIT)
+        [letter] = watcher.dead_letters()
+        fixed.set()
+        again = watcher.requeue(letter)
+        assert again.result(WAIT) == "ok"
+        assert watcher.dead_letters() == []
+        info = watcher.get_task_status(again.id)
+        assert info is not None and (info.state, info.name, info.priority) == \
+            (TaskState.SUCCEEDED, "flaky", 2)
+        with pytest.raises(ValueError, match="not held"):
+            watcher.requeue(letter)
+    finally:
+        watcher.shutdown()
+        worker.shutdown()

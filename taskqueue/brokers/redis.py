@@ -387,8 +387,16 @@ class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
 
     def requeue(self, letter: DeadLetter, message: Message, *, block: bool = True,
                 timeout: Optional[float] = None) -> TaskHandle:
-        """Forget ``letter`` and take its task in anew, in one script (once, across processes)."""
-        body, meta = self._encode(message)
+        """Forget ``letter`` and take its task in anew, in one script (once, across processes).
+
+        A process that does not register the letter's task function (a
+        dashboard's, the command line's) requeues it by name, with the
+        options it failed with, as :meth:`requeue_dead` does.
+        """
+        if isinstance(message.fn, _Unregistered):
+            body, meta = self._encode_letter(letter)
+        else:
+            body, meta = self._encode(message)
         task_id = uuid.uuid4().hex
         message.id = message.handle._id = task_id
         self.open()
@@ -405,6 +413,16 @@ class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
             raise ValueError(f"dead letter {letter.task_id} is not held: it was requeued or "
                              "purged already (here or by another process)")
         return self._follow(_text(holder))
+
+    def _encode_letter(self, letter: DeadLetter) -> Tuple[str, str]:
+        raw = self._guarded(lambda: self._client.hget(self._key("dead"), letter.task_id))
+        if raw is None:
+            raise ValueError(f"dead letter {letter.task_id} is not held: it was requeued or "
+                             "purged already, or dropped past dead_letter_limit")
+        stored = json.loads(raw)
+        return _body_and_meta(stored["name"], stored.get("args") or [],
+                              stored.get("kwargs") or {}, stored.get("options") or {},
+                              self._producer)
 
     def requeue_dead(self, name: Optional[str] = None) -> int:
         """Take every dead letter (only ``name``'s if given) in again as a new task.
