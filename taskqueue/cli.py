@@ -17,11 +17,13 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
-from . import BrokerError, Journal, JournalError, JournalView
+from . import BrokerError, Journal, JournalError, JournalView, RedisBroker, TaskQueue
 from .cli_shared import add_redis, add_worker
 from .demo import BACKOFF, LATENCY, RETRIES, WORKER_PROCESSES, DemoError, run_demo
 
@@ -334,6 +336,106 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
+
+# -- dashboard --------------------------------------------------------------
+
+DASHBOARD_DESCRIPTION = """\
+Serve a live dashboard of a queue over HTTP until Ctrl-C or SIGTERM: its
+totals and rates, a chart of the last ten minutes, what waits and runs, the
+workers, and the dead letters with their tracebacks. Open the URL it prints.
+
+--journal PATH shows the journal file of a running program, read-only (only
+the program changes its file). --broker URL shows a queue in Redis (its
+--namespace); with a token, the page can also requeue and purge dead
+letters and cancel tasks that have not started.
+
+It binds 127.0.0.1 unless --host says otherwise, and any address that is
+not loopback needs a token. Without a token the dashboard is read-only. The
+token may come from the environment instead (TASKQUEUE_DASHBOARD_TOKEN), so
+that it does not show in ps.
+
+A missing or invalid journal, an unreachable server, a bad URL, a port in
+use or a public address without a token is an error (exit status 2).
+"""
+
+TOKEN_VARIABLE = "TASKQUEUE_DASHBOARD_TOKEN"
+"""Where ``dashboard`` finds its token when --token is not given."""
+
+
+def _add_dashboard(commands: argparse._SubParsersAction) -> None:
+    dashboard = commands.add_parser(
+        "dashboard", help="serve a live dashboard of a journal file or a queue in Redis",
+        description=DASHBOARD_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = dashboard.add_mutually_exclusive_group(required=True)
+    where.add_argument("--journal", default=None, metavar="PATH",
+                       help="the journal file of a running program (read-only)")
+    where.add_argument("--broker", default=None, metavar="URL",
+                       help="a queue in Redis, e.g. redis://127.0.0.1:6379/0")
+    dashboard.add_argument("--namespace", default=None, metavar="NS",
+                           help="with --broker: the queue's namespace in Redis "
+                                "(default: taskqueue)")
+    dashboard.add_argument("--host", default="127.0.0.1", metavar="HOST",
+                           help="the address to listen on; one that is not loopback needs "
+                                "--token (default: %(default)s)")
+    dashboard.add_argument("--port", type=_whole_number(0, 65535), default=8000, metavar="PORT",
+                           help="the port; 0 picks a free one (default: %(default)s)")
+    dashboard.add_argument("--token", default=None, metavar="TOKEN",
+                           help="the secret the page asks for before it acts (default: "
+                                f"${TOKEN_VARIABLE}; none: read-only)")
+    _add_log_level(dashboard)
+    dashboard.set_defaults(run=_run_dashboard)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import JournalSource, QueueSource, serve  # http.server only when asked for
+
+    prog = f"{PROG} dashboard"
+    if args.namespace is not None and args.journal is not None:
+        return _journal_error(prog, "--namespace goes with --broker, not with --journal")
+    token = args.token if args.token is not None else (os.environ.get(TOKEN_VARIABLE) or None)
+    with contextlib.ExitStack() as stack:  # closed in reverse: the server, then its source
+        try:
+            source: Any
+            if args.journal is not None:
+                source = stack.enter_context(contextlib.closing(JournalSource(args.journal)))
+            else:
+                namespace = args.namespace or "taskqueue"
+                queue = TaskQueue(broker=RedisBroker(args.broker, namespace=namespace),
+                                  workers=0, name=namespace)
+                stack.callback(queue.shutdown)
+                queue.stats()  # one round trip: a server out of reach is a wrong command line
+                source = QueueSource(queue)
+            dashboard = stack.enter_context(serve(source, host=args.host, port=args.port,
+                                                  token=token))
+        except OSError as exc:
+            return _journal_error(prog, f"cannot listen on {args.host}:{args.port}: "
+                                        f"{exc.strerror or exc}")
+        except (JournalError, BrokerError, ImportError, ValueError, TypeError) as exc:
+            return _journal_error(prog, str(exc))
+        mode = "actions need the token" if token is not None and source.can_act else "read-only"
+        with _stop_signals() as stop:  # before the line: whoever reads it may stop us at once
+            print(f"{prog} for {source.name} at {dashboard.url} ({mode})", flush=True)
+            while not stop.wait(0.5):  # short waits: a handler runs between them
+                pass
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    # Ctrl-C and SIGTERM both end a dashboard normally (exit 0): they set the event.
+    stop = threading.Event()
+
+    def handle(number: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _add_worker(commands: argparse._SubParsersAction) -> None:
     add_worker(commands, LOG_LEVELS, _library_logging)
 
@@ -343,6 +445,7 @@ COMMANDS = {
     "journal": _add_journal,
     "worker": _add_worker,
     "redis": add_redis,
+    "dashboard": _add_dashboard,
 }
 """Each command's name and the function that adds its parser."""
 
