@@ -283,10 +283,14 @@ def _change_journal(args: argparse.Namespace) -> None:
 
 def _print_summary(view: JournalView) -> None:
     counts = view.counts()
+    owners = view.overview(limit=0).processes  # its program, if it runs now
     print(f"journal {view.path}")
     for label, state in [("pending", "pending"), ("scheduled", "scheduled"),
-                         ("running-at-crash", "running"), ("dead", "dead")]:
+                         ("running" if owners else "running-at-crash", "running"),
+                         ("dead", "dead")]:
         print(f"  {label:<17} {counts[state]}")
+    for owner in owners:
+        print(f"  {'owner':<17} {owner.name}, {owner.workers} worker(s), running now")
     damaged = sum(1 for row in view.rows() if row.damage is not None)
     if damaged:
         print(f"  {'damaged':<17} {damaged}  (see --damaged; the file is refused until "

@@ -6,17 +6,20 @@ import io
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
 from taskqueue import Journal, TaskQueue
 from taskqueue.cli import EXIT_OK, EXIT_USAGE, main
+
+from conftest import Gate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -302,3 +305,23 @@ def test_damaged_lists_the_rows_that_make_a_file_corrupt(journal_file: str,
     assert "1 damaged row(s)" in out and "t0" in out and "attempts" in out
     status, _, err = run(["journal", journal_file, "purge-dead", "--yes"], capsys)
     assert status == EXIT_USAGE and err.count("\n") == 1 and "corrupt" in err
+
+
+@pytest.mark.timeout(60)
+def test_the_summary_of_a_live_journal_says_running_and_names_its_owner(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], gate: Gate) -> None:
+    path = str(tmp_path / "live.db")
+    queue = TaskQueue(workers=1, journal=path)
+    hold = queue.task(gate.wait, name="hold")
+    with queue:
+        hold.submit()
+        gate.wait_for_arrivals(1)
+        queue.broker.journal.flush()  # type: ignore[attr-defined]
+
+        status, out, err = run(["journal", path], capsys)
+
+        assert (status, err) == (EXIT_OK, "")
+        rows = dict(line.split(None, 1) for line in out.splitlines()[1:])
+        assert rows["running"].strip() == "1" and "running-at-crash" not in rows
+        assert rows["owner"].startswith(f"{socket.gethostname()}:{os.getpid()}, 1 worker(s)")
+        gate.open()
