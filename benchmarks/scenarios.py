@@ -275,24 +275,6 @@ def _ignore(event: object) -> None:
     """A listener that does nothing: the cost measured is the events' own."""
 
 
-@scenario("history", "8b. Status history: no-op throughput keeping the last 10,000 statuses, "
-          "against keeping none",
-          full={"tasks": 100_000, "workers": 4},
-          quick={"tasks": 20_000, "workers": 4},
-          smoke={"tasks": 300, "workers": 4})
-def history_cost(ctx: Context) -> List[Result]:
-    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
-    off, on = "taskqueue, history=0", "history=10,000 (the default)"
-    samples = ctx.measure({
-        off: lambda: throughput(_queue(workers, history=0), workers, [noop] * tasks),
-        on: lambda: throughput(_queue(workers), workers, [noop] * tasks),
-    })
-    metric = Metric("throughput", "throughput, history kept", "tasks/s", True)
-    return [ctx.compare(samples, metric, off, subject=on, target=Target.at_least(0.95),
-                        note="what get_task_status() costs the hot path: each finished "
-                             "task's status recorded (a few list stores, no allocation)")]
-
-
 @scenario("peers", "9. Peers on scenario 1: Huey and Dramatiq in-process, 4 workers",
           full={"tasks": 100_000, "workers": 4},
           quick={"tasks": 5_000, "workers": 4},
@@ -320,6 +302,24 @@ def _peer_row(ctx: Context, samples: Samples, metric: Metric, peer: Peer, reason
                            note=f"{shown}: {peer.setup}", peer_version=version)
     return ctx.not_measured(samples, metric, peer.name, subject=subject, target=target,
                             note=f"{shown}: {reason}", peer_version=version)
+
+
+@scenario("history", "8b. Status history: no-op throughput keeping the last 10,000 statuses, "
+          "against keeping none",
+          full={"tasks": 100_000, "workers": 4},
+          quick={"tasks": 20_000, "workers": 4},
+          smoke={"tasks": 300, "workers": 4})
+def history_cost(ctx: Context) -> List[Result]:
+    tasks, workers = ctx.sizes["tasks"], ctx.sizes["workers"]
+    off, on = "taskqueue, history=0", "history=10,000 (the default)"
+    samples = ctx.measure({
+        off: lambda: throughput(_queue(workers, history=0), workers, [noop] * tasks),
+        on: lambda: throughput(_queue(workers), workers, [noop] * tasks),
+    })
+    metric = Metric("throughput", "throughput, history kept", "tasks/s", True)
+    return [ctx.compare(samples, metric, off, subject=on, target=Target.at_least(0.95),
+                        note="what get_task_status() costs the hot path: each finished "
+                             "task's status recorded (a few list stores, no allocation)")]
 
 
 @scenario("priority", "10. Priorities, every task at priority 0: the queue's levels against a plain FIFO",
