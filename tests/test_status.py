@@ -341,3 +341,22 @@ def test_a_process_without_the_task_function_requeues_a_redis_dead_letter_by_nam
     finally:
         watcher.shutdown()
         worker.shutdown()
+
+
+def test_a_dead_letters_task_stays_known_as_failed_after_its_status_is_forgotten(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    queue = make_queue(workers=1, history=2)
+    failed = queue.submit(Task(boom, priority=7))
+    failed.exception(WAIT)
+    for _ in range(3):
+        queue.submit(len, "x").result(WAIT)
+    queue.join(WAIT)
+
+    info = queue.get_task_status(failed.id)
+    assert info is not None
+    assert (info.state, info.error, info.priority, info.attempts) == \
+        (TaskState.FAILED, "ValueError: bad input", 7, 1)
+    [letter] = queue.dead_letters()
+    assert letter.task_id == failed.id
+    queue.purge_dead()
+    assert queue.get_task_status(failed.id) is None  # the letter gone too: forgotten

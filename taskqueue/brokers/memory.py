@@ -251,7 +251,20 @@ class MemoryBroker(Broker):
             state = message.handle.state
             if not state.terminal:  # else it ended just now: its history says how
                 return info_of(message, state, self._wall)
-        return self._history.get(key, task_id)
+        found = self._history.get(key, task_id)
+        return found if found is not None else self._dead_status(task_id)
+
+    def _dead_status(self, task_id: str) -> Optional[TaskInfo]:
+        # A dead letter outlives its task's status (10,000 of each by default,
+        # but statuses go with every task, letters with failures only): its
+        # task is still known as failed while the letter is held.
+        for letter in reversed(self._dead.letters()):
+            if letter.task_id == task_id:
+                return TaskInfo(id=task_id, name=letter.task.name, state=TaskState.FAILED,
+                                attempts=letter.attempts, submitted_at=letter.submitted_at,
+                                finished_at=letter.failed_at,
+                                error=error_text(letter.exception), priority=letter.task.priority)
+        return None
 
     def cancel_task(self, task_id: str) -> bool:
         """Cancel ``task_id`` if it waits (its handle's ``cancel()``); False if started or unknown."""
