@@ -279,6 +279,13 @@ def test_redis_statuses_are_seen_from_every_process_and_cancel_works_by_id(
         assert scheduled.due is not None and scheduled.due > time.time() + 50
         assert producer.stats().scheduled == 1
         assert producer.get_task_status("no-such-id") is None
+        seen = producer.overview()
+        assert seen.pending_by_priority == {0: 1}
+        assert [t.id for t in seen.scheduled] == [later.id]
+        assert [(t.id, t.name, t.state) for t in seen.running] == \
+            [(held.id, "hold", TaskState.RUNNING)]
+        assert seen.running[0].submitted_at is not None
+        assert [p.workers for p in seen.processes] == [1]  # the worker's; the producer has none
 
         assert worker.cancel_task(later.id) is True  # not the process that submitted it
         assert later.exception is not None and _ends(later)

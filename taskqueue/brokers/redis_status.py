@@ -79,10 +79,12 @@ class StatusSide:
         scheduled = [info for info in (self._scheduled_info(_text(i), score)
                                        for i, score in delayed) if info is not None]
         begun = {_text(k): int(v) / 1000 for k, v in started.items()}
-        running = [TaskInfo(id=r["id"], name=r["name"] or "?", state=TaskState.RUNNING,
-                            attempts=r["delivery"], submitted_at=None,
-                            started_at=begun.get(r["id"]))
-                   for r in found["running"][:limit]]
+        shown = found["running"][:limit]
+        bodies = self._guarded(lambda: self._client.hmget(  # type: ignore[attr-defined]
+            self._key("messages"), [r["id"] for r in shown])) if shown else []  # type: ignore[attr-defined]
+        running = [_live(r["id"], json.loads(body), "running", r["delivery"], begun.get(r["id"]),
+                         None)
+                   for r, body in zip(shown, bodies) if body is not None]
         processes = [ProcessInfo(name=f"{w.get('host', '?')}:{w.get('pid', '?')}",
                                  workers=int(w.get("workers", 0)), running=int(w.get("running", 0)),
                                  seen_at=float(w.get("seen", 0.0)))
