@@ -191,6 +191,12 @@ class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
             self._maintainer = threading.Thread(target=self._maintain, daemon=True,
                                                 name=f"{self._binding_name()}-maintenance")
             self._maintainer.start()
+        # Heard of at once (a dashboard lists it), not at the thread's first
+        # beat; outside the lock, which the beat takes.
+        try:
+            self._heartbeat()
+        except self._redis.RedisError:
+            pass  # the maintenance thread beats again, and reports the outage
 
     def threads(self) -> FrozenSet[threading.Thread]:
         """The result listener and the maintenance thread, once started."""
