@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - not on POSIX
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "MIGRATIONS", "COLUMNS", "DURABILITIES", "STATES",
            "PENDING", "SCHEDULED", "RUNNING", "DEAD", "Migration", "Row", "OBSERVED",
-           "add_observed_tables", "owner_running",
+           "add_observed_tables", "owner_running", "open_probe",
            "check_durability", "claim", "release", "check_file", "check_rows", "decode_row",
            "one_line"]
 
@@ -203,12 +203,12 @@ def claim(path: str, *, create: bool = True) -> int:
     return fd
 
 
-def owner_running(path: str) -> bool:
+def owner_running(path: str, probe: Optional[int]) -> bool:
     """Whether a queue owns the journal at ``path`` now, in this or another process.
 
-    Never run it while a connection of this process reads the file: the
-    descriptor it opens and closes would drop that connection's locks (a
-    POSIX rule); an owner in this process is known without opening anything.
+    ``probe`` is a descriptor of the file that the caller keeps open for as
+    long as it reads the file (see :func:`open_probe`): opening and closing
+    one here would drop the POSIX locks of the caller's SQLite connection.
     """
     try:
         st = os.stat(path)
@@ -217,21 +217,30 @@ def owner_running(path: str) -> bool:
     with _owned_lock:
         if (st.st_dev, st.st_ino) in _owned:
             return True
-    if fcntl is None:  # pragma: no cover - not on POSIX
+    if fcntl is None or probe is None:  # pragma: no cover - not on POSIX
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(probe, fcntl.LOCK_UN)
+    return False
+
+
+def open_probe(path: str) -> Optional[int]:
+    """A descriptor of ``path`` for :func:`owner_running`, to open before a reading connection.
+
+    None if the file is owned in this process (nothing to probe, and closing
+    a descriptor later would drop the owner's locks) or cannot be opened.
+    """
+    try:
+        st = os.stat(path)
+        with _owned_lock:
+            if (st.st_dev, st.st_ino) in _owned:
+                return None
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+        return None
 
 
 def release(fd: int) -> None:

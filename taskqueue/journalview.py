@@ -60,11 +60,21 @@ class JournalView:
             if os.path.exists(self.path):
                 raise JournalError(f"{self.path} is not a regular file, so not a taskqueue journal")
             raise JournalError(f"{self.path}: no such journal file")
-        self._conn = read_only(self.path)
+        # Kept open while the connection is: see journalfile.owner_running.
+        self._probe = journalfile.open_probe(self.path)
         try:
-            check_file(self.path, self._conn, newest)
+            self._conn = read_only(self.path)
+            # Opened immutable (see read_only) when no log was beside it;
+            # once an owner writes again (a log appears), it is reopened.
+            self._immutable = not os.path.exists(self.path + "-wal")
+            try:
+                check_file(self.path, self._conn, newest)
+            except BaseException:
+                self._conn.close()
+                raise
         except BaseException:
-            self._conn.close()
+            if self._probe is not None:
+                os.close(self._probe)
             raise
 
     def rows(self, where: str = "", params: Tuple[Any, ...] = (),
@@ -93,7 +103,7 @@ class JournalView:
     def _fetch(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._current().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise error(self.path, "cannot be read", exc) from None
 
@@ -203,13 +213,13 @@ class JournalView:
 
     def _owner_running(self) -> bool:
         with self._lock:  # no read of ours in flight (see journalfile.owner_running)
-            return journalfile.owner_running(self.path)
+            return journalfile.owner_running(self.path, self._probe)
 
     def _fetch_optional(self, sql: str, params: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
         # A table or column an older owner never added reads as empty.
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._current().execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
                 if "no such" in str(exc):
                     return []
@@ -217,10 +227,22 @@ class JournalView:
             except sqlite3.Error as exc:
                 raise error(self.path, "cannot be read", exc) from None
 
+    def _current(self) -> sqlite3.Connection:
+        # With the lock held: the connection, reopened if the file was taken
+        # for unchanging and an owner has written to it since.
+        if self._immutable and os.path.exists(self.path + "-wal"):
+            self._conn.close()
+            self._conn = read_only(self.path)
+            self._immutable = not os.path.exists(self.path + "-wal")
+        return self._conn
+
     def close(self) -> None:
         """Close the read-only connection; idempotent."""
         with self._lock:
             self._conn.close()
+            probe, self._probe = self._probe, None
+            if probe is not None:
+                os.close(probe)
 
     def __enter__(self) -> JournalView:
         return self

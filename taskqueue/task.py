@@ -588,9 +588,11 @@ def status_key(task_id: str) -> Any:
     prefix, _, seq = task_id.rpartition("-")
     if prefix == _ID_PREFIX and seq:
         try:
-            return int(seq, 16)
+            number = int(seq, 16)
         except ValueError:
-            pass
+            return task_id
+        if f"{number:x}" == seq:  # the id as a handle writes it, not "0x1" or "01"
+            return number
     return task_id
 
 

@@ -367,3 +367,38 @@ def test_a_dead_letters_task_stays_known_as_failed_after_its_status_is_forgotten
     assert letter.task_id == failed.id
     queue.purge_dead()
     assert queue.get_task_status(failed.id) is None  # the letter gone too: forgotten
+
+
+def test_only_an_id_as_a_handle_writes_it_matches_its_task(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    queue = make_queue(workers=1)
+    handle = queue.submit(len, "x")
+    handle.result(WAIT)
+    prefix, seq = handle.id.rsplit("-", 1)
+    assert queue.get_task_status(handle.id) is not None
+    for alias in (f"{prefix}-0{seq}", f"{prefix}-0x{seq}", f"{prefix}-+{seq}",
+                  f"{prefix}- {seq}", f"{prefix}-{seq.upper()}X"):
+        assert queue.get_task_status(alias) is None, alias
+
+
+def test_a_journal_view_keeps_reading_fresh_data_after_it_asked_for_the_owner(
+        tmp_path: Any) -> None:
+    # overview() asks whether the owner runs; that must not drop the view's
+    # own SQLite locks (closing a descriptor of the file would), which let
+    # an owner delete the log under it and left the view on stale data.
+    path = str(tmp_path / "tasks.db")
+    first = TaskQueue(workers=1, journal=path)
+    first.task(len, name="size")
+    with first:
+        first.tasks["size"].submit("a").result(WAIT)
+    with JournalView(path) as view:
+        assert view.overview().processes == []  # nobody owns it now
+        second = TaskQueue(workers=1, journal=path)
+        second.task(len, name="size")
+        with second:
+            for _ in range(20):
+                second.tasks["size"].submit("ab").result(WAIT)
+            second.join(WAIT)
+            second.broker.journal.flush()  # type: ignore[attr-defined]
+            assert len(view.overview().processes) == 1
+        assert view.stats().succeeded == 21

@@ -251,6 +251,13 @@ class MemoryBroker(Broker):
             state = message.handle.state
             if not state.terminal:  # else it ended just now: its history says how
                 return info_of(message, state, self._wall)
+            found = self._history.get(key, task_id)
+            if found is None:  # being cancelled: marked so, not yet recorded
+                return TaskInfo(id=task_id, name=message.name, state=state,
+                                attempts=message.attempts,
+                                submitted_at=self._wall(message.submitted_at),
+                                priority=message.priority)
+            return found
         found = self._history.get(key, task_id)
         return found if found is not None else self._dead_status(task_id)
 
