@@ -144,6 +144,8 @@ class Periodic:
             busy = self._last is not None and not self._last.done()
             if busy:
                 self._skipped += 1
+                log.debug("periodic %s skipped tick %d: its last run is not done",
+                          self.task.name, self._epoch + self._tick)
         ours = busy or self._claim is None or self._claim_tick()
         handle = None if busy or not ours else self._submit_run()
         with self._lock:
@@ -179,7 +181,10 @@ class Periodic:
         # held up count as skipped rather than firing in a burst.
         elapsed = self._clock() - self._start
         following = max(self._tick + 1, math.floor(elapsed / self.interval) + 1)
-        self._skipped += following - self._tick - 1
+        if following > self._tick + 1:
+            self._skipped += following - self._tick - 1
+            log.debug("periodic %s skipped ticks %d to %d: its timer was held up",
+                      self.task.name, self._epoch + self._tick + 1, self._epoch + following - 1)
         self._tick = following
         return self._start + following * self.interval
 

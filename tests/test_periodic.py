@@ -10,6 +10,7 @@ exactly, with no sleep.
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import threading
 import weakref
@@ -200,8 +201,9 @@ def test_a_slow_hand_over_does_not_accumulate_drift(driven: Any, fake_clock: Fak
 
 
 def test_a_stalled_hand_over_resumes_on_the_grid_without_a_burst(
-        driven: Any, fake_clock: FakeClock) -> None:
+        driven: Any, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     # Given a first hand-over that holds the timer for 3.5 intervals
+    caplog.set_level(logging.DEBUG, logger="taskqueue.periodic")
     queue = driven()
     interval = 10.0
 
@@ -229,14 +231,18 @@ def test_a_stalled_hand_over_resumes_on_the_grid_without_a_burst(
     assert skipped == 3 and periodic.runs == 2
     assert second == start + 5 * interval
     assert runs.runs[0][1] >= start + interval  # the first ran once due (the stall came after)
+    # and the debug log says which ticks (2 to 4) were skipped and why
+    assert [r.getMessage().split(" skipped ")[1] for r in caplog.records
+            if " skipped " in r.getMessage()] == ["ticks 2 to 4: its timer was held up"]
 
 
 # -- busy runs are skipped, never stacked ------------------------------------------------
 
 
 def test_a_run_held_at_a_gate_makes_later_ticks_skipped_not_stacked(
-        driven: Any, fake_clock: FakeClock, gate: Gate) -> None:
+        driven: Any, fake_clock: FakeClock, gate: Gate, caplog: pytest.LogCaptureFixture) -> None:
     # Given a periodic whose first run blocks at a gate, and a spare worker
+    caplog.set_level(logging.DEBUG, logger="taskqueue.periodic")
     queue = driven(workers=3)
     interval = 3.0
     runs = Runs(fake_clock, lambda n: gate.wait() if n == 1 else None)
@@ -250,6 +256,10 @@ def test_a_run_held_at_a_gate_makes_later_ticks_skipped_not_stacked(
     assert periodic.skipped == 10
     assert periodic.runs == 1 and len(runs.runs) == 1
     assert queue.stats().submitted == 1 and queue.stats().pending == 0
+    # and the debug log names each skipped tick (2 to 11: the first ran)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG] == [
+        f"periodic {periodic.task.name} skipped tick {n}: its last run is not done"
+        for n in range(2, 12)]
     # When the gate opens, runs resume on the grid, one at a time
     gate.open()
     assert queue.join(WAIT)
