@@ -222,6 +222,23 @@ def test_dead_letters_are_listed_oldest_first_with_their_tracebacks(queue: TaskQ
                       "submitted_at": held.submitted_at, "failed_at": held.failed_at}
 
 
+def test_a_dead_letter_limit_sends_the_newest_and_counts_them_all(queue: TaskQueue,
+                                                                 dashboards: Any) -> None:
+    dashboard = dashboards(QueueSource(queue))
+    ids = [dead_letter_of(queue, f"boom {n}") for n in range(3)]
+
+    newest = get(dashboard, "/api/dead?limit=2").json
+    none = get(dashboard, "/api/dead?limit=0").json
+    more = get(dashboard, "/api/dead?limit=5").json
+
+    assert [d["task_id"] for d in newest["dead_letters"]] == ids[1:] and newest["count"] == 3
+    assert none == {"dead_letters": [], "count": 3}
+    assert [d["task_id"] for d in more["dead_letters"]] == ids
+    for bad in ("-1", "lots", "1001"):
+        answer = get(dashboard, "/api/dead?limit=" + bad)
+        assert answer.status == 400 and "limit" in answer.json["error"]
+
+
 def test_overview_is_the_queues_overview(queue: TaskQueue, dashboards: Any) -> None:
     dashboard = dashboards(QueueSource(queue))
     started, release = threading.Event(), threading.Event()

@@ -460,15 +460,18 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/series":
             return {"interval": app.sampler.interval, "points": app.sampler.points()}
         if path == "/api/overview":
-            return source.overview(self._limit()).to_dict()
+            return source.overview(self._limit(OVERVIEW_LIMIT)).to_dict()
         letters = source.dead()
-        return {"dead_letters": [letter_dict(letter) for letter in letters],
+        limit = self._limit(len(letters))
+        # The newest ``limit`` of them, still oldest first: what the page shows.
+        shown = letters[max(0, len(letters) - limit):] if limit else []
+        return {"dead_letters": [letter_dict(letter) for letter in shown],
                 "count": len(letters)}
 
-    def _limit(self) -> int:
+    def _limit(self, default: int) -> int:
         values = parse_qs(self.path.partition("?")[2]).get("limit")
         if not values:
-            return OVERVIEW_LIMIT
+            return default
         try:
             limit = int(values[-1])
             if not 0 <= limit <= MAX_OVERVIEW_LIMIT:

@@ -235,7 +235,7 @@
     try {
       const parts = [
         ["/api/stats", renderStats], ["/api/series", renderSeries],
-        ["/api/overview", renderOverview], ["/api/dead", renderDead],
+        ["/api/overview", renderOverview], ["/api/dead?limit=" + MAX_DEAD_SHOWN, renderDead],
       ];
       const results = await Promise.allSettled(parts.map(function (part) { return getJSON(part[0]); }));
       results.forEach(function (result, i) {
