@@ -283,19 +283,24 @@ class Journal:
     # -- recording (any thread) ----------------------------------------------
 
     def record_submit(self, task_id: str, name: str, args: Any, kwargs: Any,
-                      options: Dict[str, Any], due: Optional[float] = None) -> None:
+                      options: Dict[str, Any], due: Optional[float] = None, *,
+                      submitted_at: Optional[float] = None) -> None:
         """Write a new task and wait until it is committed.
 
         Args:
             args, kwargs: as returned by :meth:`encode`.
             options: the task's own options, JSON values only.
             due: for a delayed task, when it is due (epoch seconds).
+            submitted_at: when it was submitted (epoch seconds; None: now),
+                as its status says, so that a restart reads back the same.
 
         Raises:
             JournalError: the write failed, or the journal is closed.
         """
         state = PENDING if due is None else SCHEDULED
-        row = (task_id, name, args, kwargs, json.dumps(options), state, due, time.time())
+        if submitted_at is None:
+            submitted_at = time.time()
+        row = (task_id, name, args, kwargs, json.dumps(options), state, due, submitted_at)
         self._wait_for_commit("submit", row, "the task", refuse_if_closing=True)
 
     def record_started(self, task_id: str, attempts: int, *, wait: bool = False) -> None:

@@ -1,7 +1,10 @@
 """A queue's lifecycle: new, running, closed; starting, shutting down, breaking.
 
 :class:`Lifecycle` owns the one piece of state every public method checks
-(may this queue be used?) and runs the shutdown sequence, like
+(may this queue be used?). It starts the queue under its lock: the broker
+opened, the consumers started, what a durable broker's last run left taken
+back, and only then ready, so a submit racing the first one never writes
+what recovery would read as left over. It runs the shutdown sequence, like
 ``ThreadPoolExecutor.shutdown``: a flag under a lock, then the broker
 closed, then what must be cancelled cancelled, then the consumers told to
 stop, then the threads joined, then the broker's own threads and files let
@@ -23,7 +26,7 @@ import logging
 import threading
 import weakref
 from time import monotonic
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from . import process
 from .errors import QueueBroken, QueueClosed
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .settle import Settle
     from .supervisor import Supervisor
+    from .task import TaskHandle
 
 __all__ = ["Lifecycle"]
 
@@ -82,16 +86,21 @@ class Lifecycle:
 
     # -- starting -----------------------------------------------------------------------
 
-    def start(self, consume: bool = True) -> bool:
-        """Get the queue going; True if this call started it (False: it ran already).
+    def start(self, consume: bool = True) -> Optional[List[TaskHandle]]:
+        """Get the queue going, taking back what a durable broker's last run left.
 
         Args:
             consume: start the workers too. A queue on a shared broker
                 consumes only where its ``start()`` is called: a submit
                 opens only the broker's producer side (``consume=False``).
 
+        Returns:
+            If this call started the queue, the handles of the tasks the
+            broker took back (see :meth:`Broker.recover`); None if it ran already.
+
         Raises:
             QueueClosed: the queue was shut down, is broken, or belongs to a parent process.
+            JournalError: a journal could not be read back (the queue runs on).
         """
         with self._lock:
             self.check_usable()
@@ -99,14 +108,24 @@ class Lifecycle:
             if first:
                 self._broker.open()
                 self.phase = OPEN
-                self.ready = True
             if consume and not self.consuming:
                 self._timer.start()
                 self._broker.start()  # before the workers: they receive from it at once
                 self.supervisor.start()
                 self.consuming = True
                 self.phase = RUNNING
-            return first
+            if not first:
+                return None
+            try:
+                # Under the lock and before ready: a journal takes every row
+                # in its file for one left by the last run, so no submit may
+                # commit one until recovery has read them. A concurrent first
+                # submit waits here for the lock; a worker's waits likewise
+                # (recovery never waits for a worker). No events are sent
+                # here: they run user code, which the caller sends them to.
+                return self._broker.recover()
+            finally:
+                self.ready = True  # a failed recovery leaves the rows for next time
 
     def check_usable(self) -> None:
         """Raise the error a caller gets from a queue it may not use (none if it may)."""

@@ -20,7 +20,7 @@ import time
 import weakref
 from concurrent.futures import Executor
 from time import monotonic
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from . import process, validate
 from .brokers.base import Binding, Broker
@@ -238,14 +238,19 @@ class TaskQueue(Executor):
                 raise ValueError(f"{self.name}'s workers run already; workers= is only for "
                                  "the first start()")
             self._supervisor.count = self._workers = workers
-        if self._lifecycle.start(consume=self._workers > 0):
-            # Outside the lifecycle's lock: it emits events, which run user code.
-            handles = self._broker.recover()
-            self._recovered = len(handles)
-            if self._listeners.callbacks:
-                for handle in handles:
-                    self._listeners.emit(_SUBMITTED, handle)
+        self._took_back(self._lifecycle.start(consume=self._workers > 0))
         return self
+
+    def _took_back(self, handles: Optional[List[TaskHandle]]) -> None:
+        # What the start that ran the broker's recovery took back (None: the
+        # queue ran already); announced here, outside the lifecycle's lock,
+        # since events run user code.
+        if handles is None:
+            return
+        self._recovered = len(handles)
+        if self._listeners.callbacks:
+            for handle in handles:
+                self._listeners.emit(_SUBMITTED, handle)
 
     def __enter__(self) -> TaskQueue:
         return self.start()
@@ -338,7 +343,7 @@ class TaskQueue(Executor):
         # broker it opens only the producer side, since a web process that
         # imports the tasks module must not start consuming.
         if self._broker.shared:
-            self._lifecycle.start(consume=False)
+            self._took_back(self._lifecycle.start(consume=False))
         else:
             self.start()
 

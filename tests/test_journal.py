@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -14,10 +15,11 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from taskqueue import Backoff, JournalError, JournalLocked, JournalView, TaskQueue
+from taskqueue import (Backoff, EventKind, JournalError, JournalLocked, JournalView, TaskQueue,
+                       TaskState)
 from taskqueue.journal import APPLICATION_ID, SCHEMA_VERSION, Journal
 
-from conftest import WAIT
+from conftest import WAIT, Gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -774,6 +776,147 @@ def test_a_task_running_at_stop_after_stop_becomes_a_dead_letter(path: str) -> N
         assert [row.id for row in reopened.dead()] == ["poison"]
     finally:
         reopened.close()
+
+
+# -- the first start, and what a restart reports ------------------------------------------
+
+def test_concurrent_first_submits_run_each_task_once(tmp_path: Path, shaken: None) -> None:
+    # The first submit starts the queue, which takes back what the file
+    # holds. A submit racing it used to commit its row before that read:
+    # the row was taken for one left by a previous run and queued again, so
+    # its task ran twice (and a failing one left two dead letters).
+    threads, rounds = 12, 40
+    for round_ in range(rounds):
+        # Given a fresh queue on a new file, not started yet
+        queue = TaskQueue(journal=str(tmp_path / f"{round_}.db"), workers=2)
+        runs: collections.Counter[int] = collections.Counter()
+        lock = threading.Lock()
+
+        @queue.task(name="job")
+        def job(x: int) -> None:
+            with lock:
+                runs[x] += 1
+
+        # When several threads make its first submits at once
+        start = threading.Barrier(threads)
+        handles: List[Any] = [None] * threads
+
+        def submit(index: int) -> None:
+            start.wait(WAIT)
+            handles[index] = job.submit(index)
+
+        submitters = [threading.Thread(target=submit, args=(i,)) for i in range(threads)]
+        try:
+            for thread in submitters:
+                thread.start()
+            for thread in submitters:
+                thread.join(WAIT)
+            assert queue.join(WAIT)
+        finally:
+            queue.shutdown(cancel_futures=True, timeout=WAIT)
+
+        # Then every task ran once, and nothing was taken for left over
+        assert runs == collections.Counter(range(threads)), f"round {round_}"
+        assert queue.recovered == 0
+        assert len({handle.id for handle in handles}) == threads
+        assert queue.stats().submitted == threads
+        assert row_count(str(tmp_path / f"{round_}.db")) == 0
+
+
+def test_a_failed_task_reports_the_same_status_after_a_restart(path: str) -> None:
+    # Given a task that failed, its status read before the queue stops
+    queue = TaskQueue(journal=path, workers=1)
+
+    @queue.task(name="boom")
+    def boom(x: int) -> None:
+        raise ValueError(f"boom {x}")
+
+    handle = boom.submit(7)
+    handle.exception(WAIT)
+    assert queue.join(WAIT)
+    before = queue.get_task_status(handle.id)
+    queue.shutdown()
+    assert before is not None and before.started_at is not None
+    assert before.error == "ValueError: boom 7"
+
+    # When a queue starts on the file again (the task a dead letter there too)
+    second = TaskQueue(journal=path, workers=1)
+    second.task(name="boom")(lambda x: None)
+    with second:
+        [letter] = second.dead_letters()
+        after = second.get_task_status(handle.id)
+
+    # Then its status is the file's, as it was, not one made from the letter
+    assert letter.task_id == handle.id
+    assert after is not None
+    assert (after.state, after.error, after.attempts) == (TaskState.FAILED, "ValueError: boom 7", 1)
+    assert (after.submitted_at, after.started_at) == (before.submitted_at, before.started_at)
+    assert after.finished_at is not None
+
+
+def test_a_task_read_back_after_a_restart_keeps_when_it_was_submitted(
+        path: str, gate: Gate) -> None:
+    # Given a task left pending by a shutdown (its only worker held busy)
+    started, release = threading.Event(), threading.Event()
+    queue = TaskQueue(journal=path, workers=1)
+
+    @queue.task(name="job")
+    def job(x: int) -> None:
+        if x == 0:
+            started.set()
+            release.wait(WAIT)
+
+    job.submit(0)
+    left = job.submit(1)
+    info = queue.get_task_status(left.id)
+    assert info is not None
+    submitted = info.submitted_at
+    cancel_the_backlog(queue, started, release)
+    assert left.cancelled()
+
+    # When a queue starts on the file again and runs it
+    restarted = time.time()
+    second = TaskQueue(journal=path, workers=1)
+    second.task(name="job")(gate.wait)
+    with second:
+        gate.wait_for_arrivals(1)
+        running = second.get_task_status(left.id)
+        gate.open()
+        assert second.join(WAIT)
+        done = second.get_task_status(left.id)
+
+    # Then its status says when it was submitted, not when it was read back
+    assert second.recovered == 1
+    assert running is not None and running.state is TaskState.RUNNING
+    assert running.submitted_at == submitted < restarted
+    assert running.started_at is not None and running.started_at >= restarted
+    assert done is not None and done.state is TaskState.SUCCEEDED
+    assert done.submitted_at == submitted
+
+
+def test_a_task_left_long_ago_keeps_its_submission_time_but_waits_from_the_restart(
+        path: str) -> None:
+    # Given a row a stopped process left an hour ago
+    an_hour_ago = time.time() - 3600
+    journal = Journal(path)
+    journal.record_submit("old", "job", json.dumps([1]), "{}", {}, submitted_at=an_hour_ago)
+    journal.close()
+
+    # When a queue starts on the file and runs it
+    waits: List[float] = []
+    queue = TaskQueue(journal=path, workers=1)
+    queue.task(name="job")(lambda x: None)
+    queue.add_listener(lambda event: event.kind is EventKind.STARTED and
+                       waits.append(event.seconds))  # type: ignore[arg-type]
+    with queue:
+        assert queue.join(WAIT)
+        info = queue.get_task_status("old")
+
+    # Then it reports the stored time, and its wait counts only this run's
+    assert info is not None and info.state is TaskState.SUCCEEDED
+    assert info.submitted_at == an_hour_ago
+    [waited] = waits
+    assert 0 <= waited < WAIT
 
 
 # -- arguments are what a restart reads back --------------------------------------------

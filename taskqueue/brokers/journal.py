@@ -99,11 +99,18 @@ class JournalBroker(MemoryBroker):
                                    None if started is None else wall(started), time.time(),
                                    error, message.priority)
 
-    def task_status(self, task_id: str) -> Optional[TaskInfo]:
-        """As :meth:`MemoryBroker.task_status`, then the file: statuses outlive a restart."""
-        info = super().task_status(task_id)
-        if info is not None or not self._history.limit:
-            return info
+    def _dead_status(self, task_id: str) -> Optional[TaskInfo]:
+        # Where MemoryBroker.task_status, knowing no status of this run,
+        # turns to its dead letters: the file first (statuses outlive a
+        # restart). A letter read back after a restart knows no start and
+        # carries its error wrapped (a TaskQueueError of the text), while
+        # the file holds the status as it was when the task failed.
+        info = self._stored_status(task_id)
+        return info if info is not None else super()._dead_status(task_id)
+
+    def _stored_status(self, task_id: str) -> Optional[TaskInfo]:
+        if not self._history.limit:
+            return None  # no statuses kept: the file holds none either
         try:
             found = self.journal.status(task_id)
         except JournalError:
@@ -144,7 +151,8 @@ class JournalBroker(MemoryBroker):
         task_id = uuid.uuid4().hex
         due = None if message.due is None else time.time() + (message.due - self._clock())
         try:
-            self.journal.record_submit(task_id, fn.name, args, kwargs, options, due)
+            self.journal.record_submit(task_id, fn.name, args, kwargs, options, due,
+                                       submitted_at=self._wall(message.submitted_at))
         except JournalError:
             if not self.accepting:  # shut down meanwhile: say so, as submit does
                 raise self.closed_error() from None
@@ -265,6 +273,11 @@ class JournalBroker(MemoryBroker):
         message = self._message_for(task)
         message.id = row.id
         message.handle._id = row.id
+        # Submitted when the file says (its status says so), on this queue's
+        # clock (the inverse of self._wall); but it waits in this run's
+        # queue from now: the restart's downtime is not counted as a wait.
+        message.enqueued_at = message.submitted_at
+        message.submitted_at = row.submitted_at - self._wall(0.0)
         message.attempts = row.attempts  # an attempt cut short by the crash counts
         message.handle._attempts = row.attempts
         if row.state == RUNNING and row.attempts > message.policy.retries + CRASHES_FORGIVEN:
