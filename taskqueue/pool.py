@@ -13,6 +13,7 @@ and serves the public methods; it holds no task state of its own.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import os
 import threading
@@ -20,7 +21,7 @@ import time
 import weakref
 from concurrent.futures import Executor
 from time import monotonic
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from . import process, validate
 from .brokers.base import Binding, Broker
@@ -47,6 +48,11 @@ __all__ = ["TaskQueue"]
 
 _SUBMITTED = EventKind.SUBMITTED  # looked up once: emitted per task while anyone listens
 _numbers = itertools.count(1)  # default names: taskqueue-1, taskqueue-2, ...
+
+
+class _Default(enum.Enum):
+    # A default that None cannot stand for (None means "wait for ever").
+    SUBMIT_TIMEOUT = "the queue's submit_timeout"
 
 
 class TaskQueue(Executor):
@@ -624,11 +630,17 @@ class TaskQueue(Executor):
         self._lifecycle.refuse_if_forked()
         return self._broker.purge_dead()
 
-    def requeue(self, dead_letter: DeadLetter) -> TaskHandle:
+    def requeue(self, dead_letter: DeadLetter, *,
+                timeout: Union[float, None, _Default] = _Default.SUBMIT_TIMEOUT) -> TaskHandle:
         """Submit a dead letter's task again and forget the letter.
 
         One-shot: a letter is requeued once. Requeueing one that was
         requeued already (by another thread too) raises, and runs nothing.
+
+        Args:
+            dead_letter: one of :meth:`dead_letters`.
+            timeout: how long to wait for room in a full queue (None: as
+                long as it takes); by default the queue's ``submit_timeout``.
 
         Returns:
             The new submission's handle.
@@ -636,16 +648,18 @@ class TaskQueue(Executor):
         Raises:
             TypeError: ``dead_letter`` is not a DeadLetter.
             ValueError: the letter is not held any more (requeued, purged,
-                or dropped past ``dead_letter_limit``).
+                or dropped past ``dead_letter_limit``), or ``timeout`` is negative.
             QueueFull, QueueClosed: as :meth:`submit` (the letter is kept).
         """
         if not isinstance(dead_letter, DeadLetter):
             raise TypeError(f"dead_letter must be a DeadLetter, got {dead_letter!r}")
+        wait = (self._submit_timeout if timeout is _Default.SUBMIT_TIMEOUT
+                else validate.optional_seconds("timeout", timeout))
         if not self._lifecycle.ready:
             self._open()
         message = self._make.for_task(dead_letter.task)
         return self._accepted(message, self._broker.requeue(dead_letter, message, block=True,
-                                                            timeout=self._submit_timeout))
+                                                            timeout=wait))
 
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(event)`` for every task event from now on.

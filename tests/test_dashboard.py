@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from taskqueue import Stats, Task, TaskQueue, TaskState
-from taskqueue.dashboard import Dashboard, JournalSource, QueueSource, serve
+from taskqueue.dashboard import Dashboard, JournalSource, QueueSource, serve, sources
 
-from conftest import WAIT
+from conftest import WAIT, Gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -312,6 +312,24 @@ def test_requeue_with_the_token_runs_the_task_again(make_queue: Callable[..., Ta
     assert queue.dead_letters() == [] and len(calls) == 2
     # The letter is gone: a second requeue finds nothing.
     assert post(dashboard, f"/api/dead/{handle.id}/requeue").status == 404
+
+
+def test_requeue_on_a_queue_that_stays_full_is_503_and_keeps_the_letter(
+        make_queue: Callable[..., TaskQueue], dashboards: Any, gate: Gate,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "REQUEUE_TIMEOUT", 0.05)
+    queue = make_queue(workers=1, maxsize=1, submit_timeout=None)  # submits wait for ever
+    letter_id = dead_letter_of(queue, "boom")
+    queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queue.submit(abs, -1)  # the one slot is taken
+    dashboard = dashboards(QueueSource(queue), token=TOKEN)
+
+    answer = post(dashboard, f"/api/dead/{letter_id}/requeue")
+
+    assert answer.status == 503 and "full" in answer.json["error"].lower()
+    assert [d.task_id for d in queue.dead_letters()] == [letter_id]
+    gate.open()
 
 
 def test_requeue_of_an_unknown_letter_is_404(queue: TaskQueue, dashboards: Any) -> None:

@@ -219,6 +219,27 @@ def test_two_threads_requeueing_one_letter_run_it_once() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_requeue_timeout_bounds_the_wait_whatever_submit_timeout_says(gate: Any) -> None:
+    queue = TaskQueue(workers=1, maxsize=1, submit_timeout=None)  # submits wait for ever
+    charge, runs = failing_once()
+    queue.submit(charge, 1)
+    assert queue.join(WAIT)
+    letter = queue.dead_letters()[0]
+    queue.submit(gate.wait)
+    gate.wait_for_arrivals(1)
+    queue.submit(abs, -1)  # the one slot is taken
+    with pytest.raises(QueueFull):
+        queue.requeue(letter, timeout=0.05)
+    with pytest.raises(ValueError, match="timeout"):
+        queue.requeue(letter, timeout=-1)
+    with pytest.raises(TypeError, match="timeout"):
+        queue.requeue(letter, timeout="soon")  # type: ignore[arg-type]
+    assert queue.dead_letters() == [letter] and queue.stats().submitted == 3
+    gate.open()
+    assert queue.requeue(letter, timeout=None).result(WAIT) is None
+    queue.shutdown()
+
+
 def test_a_requeue_that_finds_no_room_keeps_the_letter(gate: Any) -> None:
     queue = TaskQueue(workers=1, maxsize=1, submit_timeout=0.05)
     charge, runs = failing_once()

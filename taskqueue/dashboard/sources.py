@@ -23,7 +23,14 @@ from typing import List, Optional, Union
 
 from taskqueue import DeadLetter, JournalView, Overview, Stats, TaskInfo, TaskQueue
 
-__all__ = ["QueueSource", "JournalSource", "CannotAct"]
+__all__ = ["QueueSource", "JournalSource", "CannotAct", "REQUEUE_TIMEOUT"]
+
+REQUEUE_TIMEOUT = 5.0
+"""Seconds a requeue waits for room in a full queue before it is answered 503.
+
+Never the queue's own ``submit_timeout``, which may be None: a request
+thread must not wait for ever on a queue that stays full.
+"""
 
 
 class CannotAct(Exception):
@@ -74,14 +81,16 @@ class QueueSource:
             was, or was requeued or purged meanwhile, by another request too).
 
         Raises:
-            QueueFull, QueueClosed: as :meth:`TaskQueue.requeue` (the letter is kept).
+            QueueFull: the queue stayed full for :data:`REQUEUE_TIMEOUT`
+                seconds (the letter is kept).
+            QueueClosed: as :meth:`TaskQueue.requeue` (the letter is kept).
             CannotAct: the queue refuses the letter's task (on Redis, a task
                 function this process has not registered); the letter is kept.
         """
         for letter in self._queue.dead_letters():
             if letter.task_id == task_id:
                 try:
-                    return self._queue.requeue(letter).id
+                    return self._queue.requeue(letter, timeout=REQUEUE_TIMEOUT).id
                 except ValueError:  # requeued or purged since we looked
                     return None
                 except TypeError as exc:
