@@ -380,7 +380,7 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
                                 "(default: taskqueue)")
     dashboard.add_argument("--host", default="127.0.0.1", metavar="HOST",
                            help="the address to listen on; one that is not loopback needs "
-                                "--token (default: %(default)s)")
+                                "--token, for reads too (default: %(default)s)")
     dashboard.add_argument("--port", type=_whole_number(0, 65535), default=8000, metavar="PORT",
                            help="the port; 0 picks a free one (default: %(default)s)")
     dashboard.add_argument("--token", default=None, metavar="TOKEN",

@@ -586,7 +586,8 @@ class TaskQueue(Executor):
         """Serve a live dashboard of this queue over HTTP, from a thread of this process.
 
         Args:
-            host: the address to bind; only a loopback address without a token.
+            host: the address to bind; only a loopback address without a
+                token. On any other, every read of the API needs the token too.
             port: the port (0: any free one; see the result's ``url``).
             token: with it, the page can requeue and purge dead letters and
                 cancel tasks (each request carries it as ``Authorization:

@@ -482,8 +482,39 @@ def test_a_non_loopback_host_with_a_token_serves(queue: TaskQueue, dashboards: A
     dashboard = dashboards(QueueSource(queue), host="0.0.0.0", token=TOKEN)
     assert dashboard.url == f"http://0.0.0.0:{dashboard.port}/"
     # Reachable by any name: the token, not the Host, guards it.
-    answer = request(dashboard, "/api/config", headers={"Host": f"box.lan:{dashboard.port}"})
+    answer = request(dashboard, "/api/config", headers={"Host": f"box.lan:{dashboard.port}",
+                                                        "Authorization": f"Bearer {TOKEN}"})
     assert answer.json["actions"] is True
+
+
+def test_on_a_non_loopback_host_every_read_of_the_api_needs_the_token(
+        queue: TaskQueue, dashboards: Any) -> None:
+    letter_id = dead_letter_of(queue, "secret detail")
+    dashboard = dashboards(QueueSource(queue), host="0.0.0.0", token=TOKEN)
+    reads = ["/api/config", "/api/stats", "/api/series", "/api/overview", "/api/dead",
+             f"/api/tasks/{letter_id}", "/api/tasks/no-such-task"]
+    for path in reads:
+        for authorization in (None, "Bearer wrong", f"Basic {TOKEN}", TOKEN):
+            headers = {} if authorization is None else {"Authorization": authorization}
+            for method in ("GET", "HEAD"):
+                answer = request(dashboard, path, method=method, headers=headers)
+                assert answer.status == 401, (path, authorization, method)
+                assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+                assert b"secret detail" not in answer.raw and letter_id.encode() not in answer.raw
+        answer = request(dashboard, path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status == (404 if path.endswith("no-such-task") else 200), path
+    assert "secret detail" in request(dashboard, "/api/dead", headers={
+        "Authorization": f"Bearer {TOKEN}"}).json["dead_letters"][0]["error"]
+    # The page's own files hold no data: anyone may load them, to be asked for the token
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        assert get(dashboard, path).status == 200, path
+
+
+def test_on_loopback_reads_need_no_token_even_when_it_has_one(queue: TaskQueue,
+                                                             dashboards: Any) -> None:
+    dashboard = dashboards(QueueSource(queue), token=TOKEN)
+    assert get(dashboard, "/api/stats").status == 200
+    assert get(dashboard, "/api/config").json["actions"] is True
 
 
 @pytest.mark.parametrize("kwargs, error", [

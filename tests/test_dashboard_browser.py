@@ -153,8 +153,8 @@ def serve(make_queue: Callable[..., TaskQueue]) -> Iterator[Callable[..., Any]]:
     """Yield a factory of dashboards of a queue; each is closed afterwards."""
     made: List[Any] = []
 
-    def make(queue: TaskQueue, token: Optional[str] = None) -> Any:
-        dashboard = queue.serve_dashboard(token=token)
+    def make(queue: TaskQueue, token: Optional[str] = None, host: str = "127.0.0.1") -> Any:
+        dashboard = queue.serve_dashboard(host=host, token=token)
         made.append(dashboard)
         return dashboard
 
@@ -390,6 +390,36 @@ def test_a_scheduled_task_is_cancelled_from_its_look_up(make_queue: Any, serve: 
     expect(view.testid("cancel-button")).to_have_count(0)
     expect(view.testid("scheduled-row")).to_have_count(0)
     assert handle.state is TaskState.CANCELLED
+
+
+def test_on_a_public_address_the_page_asks_for_the_token_before_it_shows_anything(
+        make_queue: Any, serve: Any, browser: Browser) -> None:
+    queue = make_queue(workers=1)
+    dead_letter_of(queue, Task(raise_error, ("secret detail",), name="job"))
+    dashboard = serve(queue, token=TOKEN, host="0.0.0.0")
+    context = browser.new_context()
+    try:
+        view = Watched(context.new_page())
+        view.page.goto(f"http://127.0.0.1:{dashboard.port}/")
+        # The page's files came, but no figure: the form asks for the token
+        expect(view.testid("token-prompt")).to_be_visible(timeout=EXPECT_MS)
+        expect(view.testid("total-failed")).not_to_have_text("1")
+        assert "secret detail" not in view.page.content()
+        # A wrong one is refused and asked for again
+        view.testid("token-input").fill("wrong-token")
+        view.testid("token-submit").click()
+        expect(view.testid("token-error")).to_be_visible(timeout=EXPECT_MS)
+        view.testid("token-input").fill(TOKEN)
+        view.testid("token-submit").click()
+        expect(view.testid("status-text")).to_contain_text("updated", timeout=EXPECT_MS)
+        expect(view.testid("total-failed")).to_have_text("1", timeout=EXPECT_MS)
+        expect(view.testid("dead-row")).to_contain_text("secret detail", timeout=EXPECT_MS)
+        # Kept in the tab's sessionStorage, never a cookie
+        assert view.page.evaluate("() => sessionStorage.length") == 1
+        assert context.cookies() == []
+        assert view.errors == []
+    finally:
+        context.close()
 
 
 # -- refusing ------------------------------------------------------------------------

@@ -9,7 +9,10 @@ Safe by default, unlike Flower before CVE-2022-30034 (every interface, no
 authentication, no CSRF protection):
 
 - It binds 127.0.0.1. Any address that is not loopback needs a token,
-  or :func:`serve` refuses it before binding anything.
+  or :func:`serve` refuses it before binding anything; and there the API's
+  reads need the token too (401 without it), since task names, errors and
+  tracebacks are nobody else's business. Only the page's own files, which
+  hold no data, are served to anyone.
 - Without a token it is read-only: every POST is a 403. With one, an
   action (requeue, purge, cancel) is a POST carrying ``Authorization:
   Bearer <token>``, compared in constant time. A browser adds that header
@@ -156,7 +159,8 @@ def serve(source: Any, host: str = "127.0.0.1", port: int = 0,
             (``127.0.0.1``, ``::1``, ``localhost``).
         port: the port; 0 picks a free one (see the result's ``url``).
         token: the secret an action's request must carry (``Authorization:
-            Bearer <token>``); None serves read-only.
+            Bearer <token>``); None serves read-only. On a non-loopback
+            ``host`` every ``/api/`` read must carry it as well.
 
     Returns:
         The running :class:`Dashboard`. Its threads are named after the
@@ -271,6 +275,10 @@ class _App:
         self.actions = token is not None and bool(source.can_act)
         self.sampler = sampler
         self.hosts = hosts  # None: not bound to loopback, no Host check
+        # Off loopback, anyone who can reach the port could read tracebacks:
+        # the token guards reads there too. (On loopback, the Host check
+        # keeps other sites' pages out, and the machine's users are trusted.)
+        self.reads_need_token = hosts is None
 
 
 class _Server(ThreadingHTTPServer):
@@ -368,6 +376,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Refused(404, f"no such page: {path}")
             if method not in ("GET", "HEAD"):
                 raise _Refused(405, f"{path} takes a GET", (("Allow", "GET, HEAD"),))
+            if app.reads_need_token and path.startswith("/api/") and not self._has_token(app):
+                raise _Refused(401, "this dashboard serves a public address: its API needs "
+                                    "the token (Authorization: Bearer <token>)",
+                               (("WWW-Authenticate", 'Bearer realm="taskqueue dashboard"'),))
             read(method == "HEAD")
         except _Refused as refused:
             self._json(refused.status, {"error": refused.message}, refused.headers,
@@ -410,12 +422,18 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
 
+    def _has_token(self, app: _App) -> bool:
+        # Whether the request carries the dashboard's token, compared in constant time.
+        if app.token is None:
+            return False
+        scheme, _, given = (self.headers.get("Authorization") or "").strip().partition(" ")
+        supplied = given.strip().encode("utf-8", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(supplied, app.token)
+
     def _authorize(self, app: _App) -> None:
         if app.token is None:
             raise _Refused(403, "this dashboard is read-only: it was started without a token")
-        scheme, _, given = (self.headers.get("Authorization") or "").strip().partition(" ")
-        supplied = given.strip().encode("utf-8", "replace")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied, app.token):
+        if not self._has_token(app):
             raise _Refused(403, "an action needs the dashboard's token "
                                 "(Authorization: Bearer <token>)")
         source = app.source

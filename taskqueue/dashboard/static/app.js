@@ -12,6 +12,7 @@
 // "Authorization: Bearer <token>"; the token is asked for once, in a form
 // of this page, and kept in this tab's sessionStorage (never a cookie, so a
 // forged cross-site request carries nothing). A 403 forgets it and asks again.
+// On a public address every read needs the token too: a 401 asks for it.
 
 "use strict";
 
@@ -163,18 +164,35 @@
     }
   }
 
+  // GET from the API, with the token if this tab has one. On a public
+  // address the dashboard answers 401 without it: ask for it (one form,
+  // however many reads were refused at once) and try again.
   async function getJSON(path) {
-    const response = await fetch(path, {
-      cache: "no-store", credentials: "same-origin", headers: { Accept: "application/json" },
-    });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = null;
+    let refused = false;
+    for (;;) {
+      const token = readToken();
+      const headers = { Accept: "application/json" };
+      if (token) headers.Authorization = "Bearer " + token;
+      const response = await fetch(path, {
+        cache: "no-store", credentials: "same-origin", headers: headers,
+      });
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (error) {
+        body = null;
+      }
+      if (response.status === 401) {
+        if (token && readToken() === token) forgetToken();
+        const typed = await askToken(refused || Boolean(token));
+        if (!typed) throw new HttpError(401, body);
+        storeToken(typed);
+        refused = true;
+        continue;
+      }
+      if (!response.ok) throw new HttpError(response.status, body);
+      return body;
     }
-    if (!response.ok) throw new HttpError(response.status, body);
-    return body;
   }
 
   // -- refreshing ---------------------------------------------------------------
@@ -769,8 +787,9 @@
       const dismiss = el("button", { cls: "btn", testid: "token-cancel", text: "Cancel", attrs: { type: "button" } });
       const form = el("form", { cls: "token-prompt", testid: "token-prompt", attrs: { role: "dialog", "aria-modal": "true", "aria-labelledby": "token-title" } }, [
         el("h2", { text: "Dashboard token", attrs: { id: "token-title" } }),
-        el("p", { text: "Requeue, purge and cancel need the token this dashboard was started with. " +
-                        "It is kept in this browser tab only (sessionStorage), and sent with each action." }),
+        el("p", { text: "Requeue, purge and cancel need the token this dashboard was started with, " +
+                        "and so does every figure of a dashboard on a public address. It is kept in " +
+                        "this browser tab only (sessionStorage), and sent with each request." }),
         error, input,
         el("div", { cls: "token-buttons" }, [dismiss, submit]),
       ]);
