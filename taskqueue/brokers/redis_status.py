@@ -32,7 +32,10 @@ class StatusSide:
     def task_status(self, task_id: str) -> Optional[TaskInfo]:
         """The status of ``task_id`` in Redis: live, or ended within ``result_ttl``."""
         def read() -> List[Any]:
-            with self._client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+            # One transaction (MULTI/EXEC: every key shares the hash tag, so
+            # one slot): a finish between reading the outcome and the body
+            # would otherwise make an ended task look unknown.
+            with self._client.pipeline(transaction=True) as pipe:  # type: ignore[attr-defined]
                 pipe.get(self._result_key(task_id))  # type: ignore[attr-defined]
                 pipe.hget(self._key("messages"), task_id)  # type: ignore[attr-defined]
                 pipe.zscore(self._key("leases"), task_id)  # type: ignore[attr-defined]
