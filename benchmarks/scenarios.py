@@ -393,6 +393,27 @@ def journal(ctx: Context) -> List[Result]:
     ]
 
 
+@scenario("journal-live", "11b. Durable journal read live: journaled no-op throughput while "
+                          "a JournalView reads the file ten times a second, against no reader",
+          full={"tasks": 10_000, "workers": 4, "producers": 8},
+          quick={"tasks": 2_000, "workers": 4, "producers": 8},
+          smoke={"tasks": 200, "workers": 4, "producers": 8})
+def journal_live(ctx: Context) -> List[Result]:
+    tasks, workers, producers = ctx.sizes["tasks"], ctx.sizes["workers"], ctx.sizes["producers"]
+    alone, read = "taskqueue, journal, no reader", "read live 10 times a second"
+    samples = ctx.measure({
+        alone: lambda: journaled_throughput(workers, producers, tasks),
+        read: lambda: journaled_throughput(workers, producers, tasks, reader_every=0.1),
+    })
+    metric = Metric("throughput", "throughput, read live", "tasks/s", True)
+    return [ctx.compare(samples, metric, alone, subject=read, target=Target.at_least(0.95),
+                        note="what `journal PATH` and `dashboard --journal` cost the program "
+                             "that owns the file: a JournalView in another thread (its own "
+                             "read-only SQLite connection) reading stats, an overview of 100 "
+                             "and the dead letters every 0.1 s, ten times what the dashboard "
+                             "asks; scenario 11's queue otherwise")]
+
+
 @scenario("journal-io", "12. Durable journal, I/O-bound: tasks sleeping 1 ms, 8 producers, "
                         "4 workers, journaled against in memory",
           full={"tasks": 4_000, "workers": 4, "producers": 8},

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
 
-from taskqueue import TaskQueue
+from taskqueue import JournalView, TaskQueue
 from taskqueue.brokers import Binding, MemoryBroker
 from taskqueue.workqueue import WorkQueue  # the priority scenario measures its ordering alone
 
@@ -413,7 +413,8 @@ def concurrent_throughput(producers: int, tasks: int, submit: Callable[[], Any],
 
 def journaled_throughput(workers: int, producers: int, tasks: int, *,
                          durability: Optional[str] = "normal",
-                         fn: Callable[[], object] = noop) -> Dict[str, float]:
+                         fn: Callable[[], object] = noop,
+                         reader_every: Optional[float] = None) -> Dict[str, float]:
     """Run ``tasks`` calls of ``fn`` through a ``TaskQueue`` with a fresh journal.
 
     ``fn`` is registered with ``@queue.task`` (what a journal requires) and
@@ -426,21 +427,50 @@ def journaled_throughput(workers: int, producers: int, tasks: int, *,
         durability: the journal's ``durability=``; None runs the same queue
             and task function without a journal (in memory), for comparison.
         fn: the task, a function of no arguments (a no-op by default).
+        reader_every: if set, a thread reads the file live all along, as
+            ``dashboard --journal`` does (a :class:`~taskqueue.JournalView`'s
+            stats, overview and dead letters), every that many seconds.
     """
     with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as directory:
         options: Dict[str, Any] = {}
         if durability is not None:
             options = {"journal": os.path.join(directory, "journal.db"), "durability": durability}
         queue = TaskQueue(workers=workers, **options)
+        reader = None
         try:
             task = queue.task(fn)
             queue.start()
             for handle in [task.submit() for _ in range(workers)]:
                 handle.result()  # warm: the file, its writer and every worker have run
+            if reader_every is not None:
+                reader = _LiveReader(options["journal"], reader_every)
             return concurrent_throughput(producers, tasks, task.submit, _await_handles)
         finally:
+            if reader is not None:
+                reader.stop()
             # Outside the clock; closes the journal before its directory goes.
             queue.shutdown(wait=True)
+
+
+class _LiveReader:
+    """A thread reading a journal while its owner runs, as a dashboard of it does."""
+
+    def __init__(self, path: str, every: float) -> None:
+        self._view = JournalView(path)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stopped.wait(every):
+            self._view.stats()
+            self._view.overview(100)
+            self._view.dead_letters()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._view.close()
 
 
 def _await_handles(handles: List[Any]) -> None:
