@@ -1,4 +1,4 @@
-"""Prometheus metrics for a :class:`~taskqueue.TaskQueue`: a ``prometheus_client`` collector.
+"""Prometheus metrics for task queues: a ``prometheus_client`` collector.
 
 Register a collector on your own registry; whatever serves that registry's
 ``/metrics`` (``prometheus_client.start_http_server``, ``make_wsgi_app``,
@@ -7,6 +7,12 @@ a framework's exporter) then serves the queue's metrics too::
     from taskqueue.metrics import TaskQueueCollector
 
     registry.register(TaskQueueCollector(queue))  # registry: prometheus_client.REGISTRY, or yours
+    # or, with several queues, one collector for all of them (not one each):
+    # registry.register(TaskQueueCollector(email, billing))
+
+One collector for all your queues: each family holds every queue's
+samples, told apart by their ``queue`` label. Two collectors on one
+registry would claim the same names, which ``prometheus_client`` refuses.
 
 Needs the optional ``prometheus_client`` (``pip install 'taskqueue[metrics]'``);
 this module is imported only by those who use it.
@@ -44,13 +50,14 @@ the workers are this process's (``sum()``).
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import logging
 import math
 import numbers
 import threading
 from collections import abc
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from taskqueue import BrokerError, Event, EventKind, QueueClosed, TaskQueue
 
@@ -119,29 +126,54 @@ class _Series:
         return twin
 
 
-class TaskQueueCollector:
-    """A ``prometheus_client`` collector of one queue's metrics (see the module's table).
+class _Watched:
+    """One queue as a collector sees it: its label, its listener, what its tasks did."""
 
-    Making one adds a listener to ``queue``; from then on, every task event
-    is counted, per task name (``TaskHandle.name``, the registered name of
-    a task function): SUBMITTED, SUCCEEDED, FAILED, RETRYING and CANCELLED
-    each add one to their counter; STARTED observes the attempt's wait, and
-    SUCCEEDED, FAILED and RETRYING its run time, once per attempt. The
-    gauges are read from ``queue.stats()`` on each scrape.
+    __slots__ = ("queue", "name", "series", "listener")
+
+    def __init__(self, queue: TaskQueue, on_event: Callable[[_Watched, Event], None]) -> None:
+        self.queue = queue
+        self.name = queue.name
+        """The ``queue`` label, fixed when the collector is made (names were checked then)."""
+        self.series: Dict[str, _Series] = {}
+        """Per task name; changed only under the collector's lock."""
+        self.listener = functools.partial(on_event, self)
+        """What is added to the queue, and removed by close(): this very object."""
+
+
+class TaskQueueCollector:
+    """A ``prometheus_client`` collector of queues' metrics (see the module's table).
+
+    One collector for all your queues: ``TaskQueueCollector(email,
+    billing)`` yields one family per metric name, holding each queue's
+    samples with its ``queue`` label (the queue's ``name`` when the
+    collector is made).
+
+    Making one adds a listener to each queue; from then on, every task event
+    is counted, per queue and task name (``TaskHandle.name``, the registered
+    name of a task function): SUBMITTED, SUCCEEDED, FAILED, RETRYING and
+    CANCELLED each add one to their counter; STARTED observes the attempt's
+    wait, and SUCCEEDED, FAILED and RETRYING its run time, once per attempt.
+    The gauges are read from each queue's ``stats()`` on each scrape.
 
     Args:
         queue: the queue to export.
+        *more_queues: more queues to export with it, each of a name of its
+            own; their samples follow ``queue``'s, in this order.
         buckets: the histograms' bucket upper bounds in seconds, finite,
             positive and increasing (a trailing ``math.inf`` is allowed, as
             in ``prometheus_client``: +Inf is always added);
-            :data:`DEFAULT_BUCKETS` if None.
+            :data:`DEFAULT_BUCKETS` if None. The same for every queue.
 
     Raises:
-        TypeError: ``queue`` is not a TaskQueue, or ``buckets`` is not a
-            sequence of numbers.
-        ValueError: ``buckets`` is empty, not increasing, or holds a bound
-            that is not a positive finite number.
-        QueueClosed: the queue belongs to a parent process.
+        TypeError: ``queue`` or one of ``more_queues`` is not a TaskQueue,
+            or ``buckets`` is not a sequence of numbers.
+        ValueError: two queues have the same name (the same queue given
+            twice, too), or ``buckets`` is empty, not increasing, or holds
+            a bound that is not a positive finite number.
+        QueueClosed: a queue belongs to a parent process.
+
+    Nothing is listened to if it raises.
 
     Guarantees: the counters and histograms count what happened in this
     process from the moment the collector was made, nothing earlier (a
@@ -153,23 +185,37 @@ class TaskQueueCollector:
     safe to call from any thread.
 
     A registry takes one collector of these names: registering a second
-    (of another queue) on it raises ``ValueError`` (duplicated timeseries).
+    one on it (say, one per queue) raises ``prometheus_client``'s
+    ``ValueError`` ("Duplicated timeseries"), and the first stays served.
+    Give all the queues to one collector instead.
     """
 
-    def __init__(self, queue: TaskQueue, *, buckets: Optional[Iterable[float]] = None) -> None:
-        if not isinstance(queue, TaskQueue):
-            raise TypeError(f"queue must be a TaskQueue, got {queue!r}")
+    def __init__(self, queue: TaskQueue, *more_queues: TaskQueue,
+                 buckets: Optional[Iterable[float]] = None) -> None:
+        queues = (queue,) + more_queues
+        for index, each in enumerate(queues):
+            if not isinstance(each, TaskQueue):
+                raise TypeError(f"{_parameter(index)} must be a TaskQueue, got {each!r}"
+                                f"{_hint(each)}")
+        _check_names(queues)
         self._bounds = _check_buckets(DEFAULT_BUCKETS if buckets is None else buckets)
         self._les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
-        self._queue = queue
         self._lock = threading.Lock()
-        self._series: Dict[str, _Series] = {}
         self._closed = False
-        queue.add_listener(self._on_event)
+        self._watched = [_Watched(each, self._on_event) for each in queues]
+        added: List[_Watched] = []
+        try:
+            for watched in self._watched:
+                watched.queue.add_listener(watched.listener)
+                added.append(watched)
+        except BaseException:  # a forked queue: listen to none rather than to some
+            for watched in added:
+                watched.queue.remove_listener(watched.listener)
+            raise
 
     # -- counting: runs in every thread where a task event happens -----------------------
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, watched: _Watched, event: Event) -> None:
         action = _ACTIONS.get(event.kind)
         if action is None:  # a kind added later: not counted until this module knows it
             return
@@ -185,9 +231,9 @@ class TaskQueueCollector:
         with self._lock:
             if self._closed:
                 return
-            series = self._series.get(name)
+            series = watched.series.get(name)
             if series is None:
-                series = self._series[name] = _Series(len(self._les))
+                series = watched.series[name] = _Series(len(self._les))
             if counter is not None:
                 series.counts[counter] += 1
             if histogram is not None:
@@ -207,49 +253,53 @@ class TaskQueueCollector:
         yield from self._histogram_families()
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the queue's metrics now; the registry calls it on each scrape.
+        """Yield the queues' metrics now; the registry calls it on each scrape.
 
-        If ``queue.stats()`` fails (Redis cannot be reached, or the queue
-        belongs to a parent process), the gauges are left out and a warning
-        is logged: the counters, and every other collector on the registry,
-        are still served.
+        If a queue's ``stats()`` fails (Redis cannot be reached, or the
+        queue belongs to a parent process), that queue's gauges are left
+        out and a warning is logged: its counters, the other queues'
+        metrics, and every other collector on the registry, are still served.
         """
-        queue = self._queue.name
         with self._lock:
-            seen = {name: series.copy() for name, series in self._series.items()}
+            seen = [{name: series.copy() for name, series in watched.series.items()}
+                    for watched in self._watched]
         blank = _Series(len(self._les))
-        names = sorted(set(seen).union(self._queue.tasks))
-        rows = [(name, seen.get(name, blank)) for name in names]
+        rows: List[Tuple[List[str], _Series]] = []  # ([queue, task], series), queue by queue
+        for watched, counted in zip(self._watched, seen):
+            for name in sorted(set(counted).union(watched.queue.tasks)):
+                rows.append(([watched.name, name], counted.get(name, blank)))
 
         counters = self._counter_families()
-        for name, series in rows:
+        for labels, series in rows:
             for family, value in zip(counters, series.counts):
-                family.add_metric([queue, name], value)
+                family.add_metric(labels, value)
         yield from counters
 
         gauges = self._gauge_families()
-        values = self._gauge_values()
-        if values is not None:
-            for family, value in zip(gauges, values):
-                family.add_metric([queue], value)
+        for watched in self._watched:
+            values = self._gauge_values(watched)
+            if values is not None:
+                for family, value in zip(gauges, values):
+                    family.add_metric([watched.name], value)
         yield from gauges
 
         histograms = self._histogram_families()
-        for name, series in rows:
+        for labels, series in rows:
             for family, counts, total in zip(histograms, series.histograms, series.sums):
                 cumulative = itertools.accumulate(counts)
-                family.add_metric([queue, name], list(zip(self._les, cumulative)), total)
+                family.add_metric(labels, list(zip(self._les, cumulative)), total)
         yield from histograms
 
-    def _gauge_values(self) -> Optional[List[float]]:
+    @staticmethod
+    def _gauge_values(watched: _Watched) -> Optional[List[float]]:
         # In the order of _gauge_families.
         try:
-            stats = self._queue.stats()
+            stats = watched.queue.stats()
         except (BrokerError, QueueClosed) as exc:
             log.warning("metrics of %s: no gauges in this scrape, stats() failed: %s",
-                        self._queue.name, exc)
+                        watched.name, exc)
             return None
-        maxsize = self._queue.maxsize
+        maxsize = watched.queue.maxsize
         return [stats.pending - stats.scheduled, stats.scheduled, stats.running,
                 maxsize, stats.dead_letters, stats.workers]
 
@@ -286,7 +336,7 @@ class TaskQueueCollector:
     # -- the end -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop counting: remove the listener from the queue.
+        """Stop counting: remove the listener from every queue.
 
         Nothing is counted once this returns, even an event already on its
         way in another thread. The collector still serves what it counted,
@@ -297,14 +347,48 @@ class TaskQueueCollector:
             if self._closed:
                 return
             self._closed = True
-        try:
-            self._queue.remove_listener(self._on_event)
-        except QueueClosed:  # a forked child: its queue's listeners never hear anything
-            pass
+        for watched in self._watched:
+            try:
+                watched.queue.remove_listener(watched.listener)
+            except QueueClosed:  # a forked child: its queue's listeners never hear anything
+                pass
 
     def __repr__(self) -> str:
+        names = ", ".join(repr(watched.name) for watched in self._watched)
         state = " closed" if self._closed else ""
-        return f"<TaskQueueCollector of {self._queue.name!r}{state}>"
+        return f"<TaskQueueCollector of {names}{state}>"
+
+
+def _hint(value: Any) -> str:
+    """How to pass ``value`` instead, if it holds queues; else nothing."""
+    if isinstance(value, (list, tuple, set, frozenset)) and value \
+            and all(isinstance(each, TaskQueue) for each in value):
+        return " (pass several queues as arguments of their own: TaskQueueCollector(*queues))"
+    return ""
+
+
+def _parameter(index: int) -> str:
+    """The name of the collector's ``index``-th queue argument, for error messages."""
+    return "queue" if index == 0 else f"more_queues[{index - 1}]"
+
+
+def _check_names(queues: Tuple[TaskQueue, ...]) -> None:
+    """Refuse two queues of one name: their samples would have the same labels.
+
+    Raises:
+        ValueError: two of ``queues`` have the same name, or are the same queue.
+    """
+    named: Dict[str, int] = {}
+    for index, each in enumerate(queues):
+        first = named.setdefault(each.name, index)
+        if first == index:
+            continue
+        if queues[first] is each:
+            raise ValueError(f"{_parameter(index)} is {_parameter(first)} again: the queue "
+                             f"{each.name!r} given twice")
+        raise ValueError(f"{_parameter(index)} is named {each.name!r}, as {_parameter(first)} "
+                         f"is: every queue needs a name of its own (TaskQueue(name=...)), "
+                         f"or their samples would collide")
 
 
 def _check_buckets(buckets: Any) -> List[float]:

@@ -20,7 +20,8 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from taskqueue import Backoff, BrokerError, Event, EventKind, TaskQueue, TaskState  # noqa: E402
+from taskqueue import (Backoff, BrokerError, Event, EventKind, QueueClosed, TaskQueue,  # noqa: E402
+                       TaskState)
 from taskqueue.metrics import DEFAULT_BUCKETS, TaskQueueCollector  # noqa: E402
 
 from conftest import WAIT, FakeClock, Gate  # noqa: E402
@@ -613,3 +614,281 @@ def test_without_prometheus_client_the_import_error_says_what_to_install() -> No
         "ImportError prometheus_client",
         "taskqueue.metrics needs prometheus_client: pip install 'taskqueue[metrics]'",
     ]
+
+
+# -- several queues, one collector ---------------------------------------------------------
+
+class ListeningQueue(TaskQueue):
+    """A queue that keeps the listeners added to it and removed from it.
+
+    ``refuse_listeners`` makes add_listener raise QueueClosed, as a queue of a
+    parent process does in a forked child.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.added: List[Any] = []
+        self.removed: List[Any] = []
+        self.refuse_listeners = False
+
+    def add_listener(self, callback: Any) -> None:
+        if self.refuse_listeners:
+            raise QueueClosed(f"{self.name} belongs to another process")
+        super().add_listener(callback)
+        self.added.append(callback)
+
+    def remove_listener(self, callback: Any) -> None:
+        super().remove_listener(callback)
+        self.removed.append(callback)
+
+
+@pytest.fixture
+def make_listening_queue() -> Iterator[Callable[..., ListeningQueue]]:
+    """Yield a factory of ListeningQueues; every queue made is shut down afterwards."""
+    made: List[ListeningQueue] = []
+
+    def make(**kwargs: Any) -> ListeningQueue:
+        queue = ListeningQueue(**kwargs)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.shutdown(cancel_futures=True, timeout=WAIT)
+
+
+@pytest.mark.timeout(30)
+def test_one_collector_serves_two_queues_with_exact_counts_gauges_and_histograms_per_queue(
+        make_queue: Callable[..., TaskQueue], gate: Gate, registry: CollectorRegistry,
+        scrape: Callable[[], Families]) -> None:
+    # Given two queues, each with a task named "ping", and one collector of both
+    email = make_queue(workers=2, maxsize=20, name="email",
+                       backoff=Backoff(base=0.001, jitter=False))
+    billing = make_queue(workers=1, maxsize=5, name="billing")
+    collector = TaskQueueCollector(email, billing)
+    registry.register(collector)
+    seen = {"email": Seen(), "billing": Seen()}
+    email.add_listener(seen["email"])
+    billing.add_listener(seen["billing"])
+
+    @email.task(name="send", retries=1)
+    def send(to: str) -> str:
+        if to == "nobody":
+            raise OSError("550 no such user")
+        return to
+
+    @email.task(name="ping")
+    def email_ping() -> str:
+        return "pong"
+
+    @billing.task(name="ping")
+    def billing_ping() -> str:
+        return "pong"
+
+    @billing.task(name="charge")
+    def charge(cents: int) -> int:
+        return cents
+
+    @billing.task(name="hold")
+    def hold() -> str:
+        return gate.wait()
+
+    # When email sends four, fails one for good (two attempts) and pings twice ...
+    sent = [send.submit(to) for to in ("a", "b", "c", "d", "nobody")]
+    pings = [email_ping.submit(), email_ping.submit()]
+    assert email.join(WAIT)
+    assert [h.state for h in sent] == [TaskState.SUCCEEDED] * 4 + [TaskState.FAILED]
+    assert [h.result(0) for h in pings] == ["pong", "pong"]
+    # ... and billing charges three and pings once, then its only worker is
+    # held while two more charges wait behind it
+    assert [charge.submit(n).result(WAIT) for n in (1, 2, 3)] == [1, 2, 3]
+    assert billing_ping.submit().result(WAIT) == "pong"
+    assert billing.join(WAIT)
+    held = hold.submit()
+    gate.wait_for_arrivals(1)
+    seen["billing"].wait_for(EventKind.STARTED, 5)  # 3 charges, 1 ping, and hold
+    behind = [charge.submit(n) for n in (4, 5)]
+    seen["email"].wait_for(EventKind.SUCCEEDED, 6)
+    families = scrape()
+
+    # Then each metric is one family, holding both queues' samples
+    assert {name: f.type for name, f in families.items() if name.startswith("taskqueue_")} \
+        == FAMILIES
+    for family in FAMILIES:
+        suffix = "_total" if FAMILIES[family] == "counter" else ""
+        assert scrape.text.count(f"# TYPE {family}{suffix} ") == 1, family  # type: ignore
+        assert {s.labels["queue"] for s in families[family].samples} == {"email", "billing"}
+    # the counters, exactly, per queue: the two "ping"s are told apart
+    assert counters(families, "email") == {
+        "send": {"submitted": 5, "succeeded": 4, "failed": 1, "retried": 1, "cancelled": 0},
+        "ping": {"submitted": 2, "succeeded": 2, "failed": 0, "retried": 0, "cancelled": 0},
+    }
+    assert counters(families, "billing") == {
+        "charge": {"submitted": 5, "succeeded": 3, "failed": 0, "retried": 0, "cancelled": 0},
+        "ping": {"submitted": 1, "succeeded": 1, "failed": 0, "retried": 0, "cancelled": 0},
+        "hold": {"submitted": 1, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0},
+    }
+    # the gauges, per queue
+    assert gauges(families, "email") == {
+        "taskqueue_tasks_pending": 0, "taskqueue_tasks_scheduled": 0,
+        "taskqueue_tasks_running": 0, "taskqueue_queue_capacity": 20,
+        "taskqueue_dead_letters": 1, "taskqueue_workers": 2,
+    }
+    assert gauges(families, "billing") == {
+        "taskqueue_tasks_pending": 2, "taskqueue_tasks_scheduled": 0,
+        "taskqueue_tasks_running": 1, "taskqueue_queue_capacity": 5,
+        "taskqueue_dead_letters": 0, "taskqueue_workers": 1,
+    }
+    # the histograms, per queue: one wait per attempt started, one run per attempt ended
+    expected = {
+        ("email", "send"): (6, 6), ("email", "ping"): (2, 2),
+        ("billing", "charge"): (3, 3), ("billing", "ping"): (1, 1), ("billing", "hold"): (1, 0),
+    }
+    for (queue, task), (waits, runs) in expected.items():
+        for name, count in zip(HISTOGRAMS, (waits, runs)):
+            series = histogram(families, name, queue, task)
+            assert series["count"] == count, (name, queue, task)
+            assert [le for le, _ in series["buckets"]] == les(DEFAULT_BUCKETS)
+            assert series["buckets"][-1] == ("+Inf", count), (name, queue, task)
+
+    # And once billing's worker is let go, only billing's counts move
+    gate.open()
+    assert held.result(WAIT) == "through" and [h.result(WAIT) for h in behind] == [4, 5]
+    assert billing.join(WAIT)
+    families = scrape()
+    assert counters(families, "billing")["charge"]["succeeded"] == 5
+    assert counters(families, "billing")["hold"]["succeeded"] == 1
+    assert gauges(families, "billing")["taskqueue_tasks_running"] == 0
+    assert counters(families, "email")["send"]["succeeded"] == 4
+    assert repr(collector) == "<TaskQueueCollector of 'email', 'billing'>"
+
+
+@pytest.mark.timeout(30)
+def test_two_queues_of_one_name_are_refused_naming_the_name_and_nothing_is_listened_to(
+        make_listening_queue: Callable[..., ListeningQueue]) -> None:
+    first = make_listening_queue(name="email")
+    other = make_listening_queue(name="billing")
+    twin = make_listening_queue(name="email")
+
+    with pytest.raises(ValueError, match=r"more_queues\[1\] is named 'email', as queue is"):
+        TaskQueueCollector(first, other, twin)
+    with pytest.raises(ValueError, match=r"more_queues\[0\] is queue again: .*'email' given twice"):
+        TaskQueueCollector(first, first)
+    # checked before any listener is added: nothing is left listening
+    assert first.added == other.added == twin.added == []
+
+
+@pytest.mark.timeout(30)
+def test_a_queue_refusing_its_listener_leaves_none_on_the_others(
+        make_listening_queue: Callable[..., ListeningQueue]) -> None:
+    first = make_listening_queue(name="email")
+    forked = make_listening_queue(name="billing")
+    forked.refuse_listeners = True
+
+    with pytest.raises(QueueClosed):
+        TaskQueueCollector(first, forked)
+    assert len(first.added) == 1 and first.removed == first.added
+    assert forked.added == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("more", [None, "billing", object()])
+def test_anything_but_a_task_queue_among_more_queues_raises_a_type_error_naming_it(
+        make_queue: Callable[..., TaskQueue], more: Any) -> None:
+    queue = make_queue(name="email")
+    with pytest.raises(TypeError, match=r"more_queues\[1\] must be a TaskQueue"):
+        TaskQueueCollector(queue, make_queue(name="billing"), more)
+
+
+@pytest.mark.timeout(30)
+def test_no_queue_or_a_list_of_queues_raises_a_type_error_saying_what_to_pass(
+        make_queue: Callable[..., TaskQueue]) -> None:
+    with pytest.raises(TypeError, match="'queue'"):
+        TaskQueueCollector()  # type: ignore[call-arg]
+    queues = [make_queue(name="email"), make_queue(name="billing")]
+    hint = r"queue must be a TaskQueue, got \[.*\] \(pass .*: TaskQueueCollector\(\*queues\)\)"
+    with pytest.raises(TypeError, match=hint):
+        TaskQueueCollector(queues)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_a_second_collector_on_one_registry_is_refused_and_the_first_still_served(
+        make_queue: Callable[..., TaskQueue], registry: CollectorRegistry,
+        scrape: Callable[[], Families]) -> None:
+    # The documented answer is one collector for all the queues; a collector
+    # per queue is refused by prometheus_client itself, at register().
+    assert "one collector for all your queues" in TaskQueueCollector.__doc__.lower()
+    email, billing = make_queue(name="email"), make_queue(name="billing")
+    registry.register(TaskQueueCollector(email))
+    second = TaskQueueCollector(billing)
+    try:
+        with pytest.raises(ValueError, match="Duplicated timeseries"):
+            registry.register(second)
+    finally:
+        second.close()
+    email.submit(abs, -1)
+    assert email.join(WAIT)
+
+    families = scrape()
+    assert counters(families, "email")["abs"]["succeeded"] == 1
+    assert gauges(families, "billing") == {}
+    assert {s.labels["queue"] for s in families["taskqueue_workers"].samples} == {"email"}
+
+
+@pytest.mark.timeout(30)
+def test_close_stops_counting_on_every_queue_and_unregister_stops_serving(
+        make_listening_queue: Callable[..., ListeningQueue], registry: CollectorRegistry,
+        scrape: Callable[[], Families]) -> None:
+    email = make_listening_queue(workers=1, name="email")
+    billing = make_listening_queue(workers=1, name="billing")
+    collector = TaskQueueCollector(email, billing)
+    registry.register(collector)
+    for queue in (email, billing):
+        queue.submit(abs, -1)
+        assert queue.join(WAIT)
+
+    # When closed (twice), then more tasks run on both queues
+    collector.close()
+    collector.close()
+    for queue in (email, billing):
+        queue.submit(abs, -2)
+        assert queue.join(WAIT)
+
+    # Then both listeners are gone, what came before is still served, and the gauges are live
+    for queue in (email, billing):
+        assert len(queue.added) == 1 and queue.removed == queue.added
+    families = scrape()
+    for name in ("email", "billing"):
+        assert counters(families, name)["abs"]["submitted"] == 1
+        assert counters(families, name)["abs"]["succeeded"] == 1
+        assert histogram(families, "taskqueue_task_run_seconds", name, "abs")["count"] == 1
+        assert gauges(families, name)["taskqueue_workers"] == 1
+    assert "closed" in repr(collector)
+
+    # And once unregistered, nothing of ours is served
+    registry.unregister(collector)
+    assert not [name for name in scrape() if name.startswith("taskqueue_")]
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_stats_of_one_queue_leaves_out_only_its_gauges(
+        counting_queue: CountingQueue, make_queue: Callable[..., TaskQueue],
+        registry: CollectorRegistry, scrape: Callable[[], Families],
+        caplog: pytest.LogCaptureFixture) -> None:
+    other = make_queue(workers=2, name="other")
+    registry.register(TaskQueueCollector(counting_queue, other))
+    assert counting_queue.stats_calls == 0  # registering only describes
+    for queue in (counting_queue, other):
+        queue.submit(abs, -1)
+        assert queue.join(WAIT)
+    counting_queue.stats_error = BrokerError("Redis at redis://example cannot be used")
+
+    with caplog.at_level(logging.WARNING, logger="taskqueue.metrics"):
+        families = scrape()
+
+    assert gauges(families, "counted") == {}
+    assert gauges(families, "other")["taskqueue_workers"] == 2
+    assert counters(families, "counted")["abs"]["succeeded"] == 1
+    assert counters(families, "other")["abs"]["succeeded"] == 1
+    warnings = [r.getMessage() for r in caplog.records if "stats() failed" in r.getMessage()]
+    assert len(warnings) == 1 and "counted" in warnings[0] and "other" not in warnings[0]
