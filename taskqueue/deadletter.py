@@ -2,6 +2,8 @@
 
 The store is bounded: past its limit the oldest letter is dropped, and the
 drop is counted, so that a failure storm cannot grow memory without end.
+A letter read back from elsewhere (a journal, Redis) whose task function
+this process does not have holds a :class:`MissingTaskFunction` in its place.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import threading
 from collections import deque
 from dataclasses import FrozenInstanceError
 from traceback import format_exception
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Tuple, Type
 
+from .errors import TaskQueueError
 from .task import Task
 from .validate import whole_number
 
-__all__ = ["DeadLetter", "DeadLetterStore", "error_text"]
+__all__ = ["DeadLetter", "DeadLetterStore", "MissingTaskFunction", "error_text"]
 
 
 class DeadLetter:
@@ -94,6 +97,41 @@ class DeadLetter:
         return (f"DeadLetter(task={self.task!r}, task_id={self.task_id!r}, "
                 f"exception={self.exception!r}, attempts={self.attempts!r}, "
                 f"submitted_at={self.submitted_at!r}, failed_at={self.failed_at!r})")
+
+
+class MissingTaskFunction:
+    """Stands in, in a dead letter, for a task function this process does not have.
+
+    A dead letter read back from a journal or from Redis names its task
+    function. When the process reading it registers none of that name (a
+    restart that dropped it, the command line, a dashboard), the letter's
+    ``task.fn`` is one of these, so that the letter keeps its name, arguments
+    and options, and a broker can still requeue it by name.
+
+    Calling it runs nothing: it raises ``error("no task function named
+    'name' is registered")``, with ``hint`` after a semicolon if one is given.
+    Its ``name`` and ``__qualname__`` are the name, so the letter is reported
+    under it; its repr is ``MissingTaskFunction('name')``. Like a function,
+    it equals only itself.
+
+    Args:
+        name: the name the missing function is registered under.
+        error: the class of the error a call raises.
+        hint: what to do instead, for that error's message.
+    """
+
+    def __init__(self, name: str, *, error: Type[TaskQueueError] = TaskQueueError,
+                 hint: str = "") -> None:
+        self.__qualname__ = self.name = name
+        self._error = error
+        self._hint = hint
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        message = f"no task function named {self.name!r} is registered"
+        raise self._error(f"{message}; {self._hint}" if self._hint else message)
+
+    def __repr__(self) -> str:
+        return f"MissingTaskFunction({self.name!r})"
 
 
 def error_text(exc: BaseException) -> str:

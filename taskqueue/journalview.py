@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import journalfile
-from .deadletter import DeadLetter
+from .deadletter import DeadLetter, MissingTaskFunction
 from .errors import JournalError, TaskFailed
 from .journalfile import (COLUMNS, DEAD, PENDING, RUNNING, SCHEDULED, SCHEMA_VERSION, STATES, Row,
                           check_file, decode_row, error, read_only)
@@ -33,6 +33,8 @@ _STATES = {PENDING: TaskState.PENDING, SCHEDULED: TaskState.SCHEDULED,
            RUNNING: TaskState.RUNNING, DEAD: TaskState.FAILED}
 _RECENT = 2048  # ended tasks the timings and the rate are taken from (as a worker's window)
 _RATE_SPAN = 60.0  # seconds the rate looks back at most
+# What calling a dead letter's task function says: a view only reads.
+_OWNER = "it runs in the program that owns the journal: requeue its dead letters there"
 
 
 class JournalView:
@@ -189,7 +191,8 @@ class JournalView:
         arguments; its callable only stands in (this process need not have
         the function): requeue through the program that owns the file.
         """
-        return [DeadLetter(task=Task(_Elsewhere(row.name), row.args, row.kwargs, name=row.name),
+        return [DeadLetter(task=Task(MissingTaskFunction(row.name, error=JournalError, hint=_OWNER),
+                                     row.args, row.kwargs, name=row.name),
                            task_id=row.id, exception=_failure(row.error, row.traceback),
                            traceback=row.traceback or "", attempts=row.attempts,
                            submitted_at=row.submitted_at,
@@ -273,14 +276,3 @@ def _rate(finished: List[float], now: float) -> float:
     since = max(min(finished), now - _RATE_SPAN)
     span = now - since
     return sum(1 for f in finished if f >= since) / span if span > 0 else 0.0
-
-
-class _Elsewhere:
-    """Stands in, in a dead letter read from a file, for the owner's task function."""
-
-    def __init__(self, name: str) -> None:
-        self.__qualname__ = self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise JournalError(f"{self.name!r} runs in the program that owns the journal; "
-                           "requeue its dead letters there")

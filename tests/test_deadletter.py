@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Any, List
 
 import pytest
 
 from conftest import WAIT
-from taskqueue import QueueFull, TaskQueue
-from taskqueue.deadletter import DeadLetter, DeadLetterStore
-from taskqueue.task import Task
+from taskqueue import JournalError, JournalView, QueueFull, TaskQueue, TaskQueueError
+from taskqueue.deadletter import DeadLetter, DeadLetterStore, MissingTaskFunction
+from taskqueue.journal import Journal
+from taskqueue.task import Task, callable_name
 
 WAIT = 5.0
 
@@ -255,3 +257,55 @@ def test_a_requeue_that_finds_no_room_keeps_the_letter(gate: Any) -> None:
     gate.open()
     assert queue.requeue(letter).result(WAIT) is None
     queue.shutdown()
+
+
+# -- a task function this process does not have ---------------------------------------
+
+
+def test_a_missing_task_function_goes_by_its_name():
+    fn = MissingTaskFunction("mail.send")
+    assert fn.name == fn.__qualname__ == callable_name(fn) == "mail.send"
+    assert repr(fn) == "MissingTaskFunction('mail.send')"
+    assert letter(task=Task(fn, ("a@example.com",))).name == "mail.send"
+    assert fn == fn and fn != MissingTaskFunction("mail.send")  # as functions: only itself
+
+
+def test_calling_a_missing_task_function_runs_nothing_and_says_why():
+    with pytest.raises(TaskQueueError, match="^no task function named 'mail.send' is registered$"):
+        MissingTaskFunction("mail.send")(1, to="a@example.com")
+    elsewhere = MissingTaskFunction("mail.send", error=JournalError, hint="ask its owner")
+    with pytest.raises(JournalError, match="'mail.send' is registered; ask its owner$"):
+        elsewhere()
+
+
+def test_a_journals_letter_of_a_function_not_registered_stands_in_and_is_kept_on_requeue(
+        tmp_path: Path) -> None:
+    # Given a journal holding the dead letter of a task function "gone"
+    path = str(tmp_path / "tasks.db")
+    journal = Journal(path)
+    journal.record_submit("id-1", "gone", "[1]", "{}", {})
+    journal.record_dead("id-1", 1, "OSError: smtp down", "Traceback", 2000.0)
+    journal.close()
+
+    # When a view reads it, and a queue that does not register "gone" starts on it
+    with JournalView(path) as view:
+        [seen] = view.dead_letters()
+    queue = TaskQueue(journal=path, workers=1)
+    try:
+        queue.start()
+        [held] = queue.dead_letters()
+
+        # Then both letters name it and stand in for it; calling says where it runs
+        for dead in (seen, held):
+            assert isinstance(dead.task.fn, MissingTaskFunction)
+            assert (dead.name, dead.task.args) == ("gone", (1,))
+        with pytest.raises(JournalError, match="owns the journal"):
+            seen.task.fn(1)
+        with pytest.raises(JournalError, match="'gone' is registered$"):
+            held.task.fn(1)
+        # and a journal refuses to requeue it (it cannot be found again by name), keeping it
+        with pytest.raises(TypeError, match=r"got MissingTaskFunction\('gone'\)"):
+            queue.requeue(held)
+        assert queue.dead_letters() == [held]
+    finally:
+        queue.shutdown()

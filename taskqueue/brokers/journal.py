@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any, Dict, FrozenSet, List, Optional, Set
 
-from ..deadletter import DeadLetter, error_text
+from ..deadletter import DeadLetter, MissingTaskFunction, error_text
 from ..errors import JournalError, QueueClosed, TaskQueueError
 from ..journal import DEAD, RUNNING, SCHEDULED, Journal, Row
 from ..message import Message
@@ -293,7 +293,8 @@ class JournalBroker(MemoryBroker):
         kwargs = row.kwargs if isinstance(row.kwargs, dict) else {}
         name = row.options.get("name") if isinstance(row.options.get("name"), str) else row.name
         return DeadLetter(
-            task=Task(fn or _Unregistered(row.name), args, kwargs, name=name),
+            task=Task(fn or MissingTaskFunction(row.name, error=JournalError), args, kwargs,
+                      name=name),
             task_id=row.id,
             exception=exc,
             traceback=row.traceback or "",
@@ -368,13 +369,3 @@ def _journal_options(task: Optional[Task], fn: TaskFunction[Any]) -> Dict[str, A
     if task.name != fn.name:
         options["name"] = task.name
     return options
-
-
-class _Unregistered:
-    """Stands in, in a dead letter, for a task function no longer registered."""
-
-    def __init__(self, name: str) -> None:
-        self.__qualname__ = self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise JournalError(f"no task function named {self.name!r} is registered")

@@ -50,7 +50,7 @@ import time
 import uuid
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ..deadletter import DeadLetter
+from ..deadletter import DeadLetter, MissingTaskFunction
 from ..errors import BrokerError, QueueClosed
 from ..message import Message
 from ..retry import Backoff, RetryPolicy
@@ -60,8 +60,7 @@ from .base import Binding, Broker, BrokerCounts, Callbacks
 from . import redis_scripts as scripts
 # CRASHES_FORGIVEN, safe_url and RedisConsumer are also this module's own
 # names: importable from here, where they were before the broker was split.
-from .redis_codec import (CRASHES_FORGIVEN, _body_and_meta, _failure, _text, _Unregistered,
-                          outcome_fields)
+from .redis_codec import CRASHES_FORGIVEN, _body_and_meta, _failure, _text, outcome_fields
 from .redis_connection import _BLOCK, _import_redis, _Outage, _safe_text, safe_url
 from .redis_consumer import _NO_TAKE, ConsumerSide, RedisConsumer
 from .redis_producer import ProducerSide
@@ -383,7 +382,7 @@ class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
         fn = self._lookup(raw["name"])
         error = raw.get("error") or {}
         options = raw.get("options") or {}
-        task = Task(fn or _Unregistered(raw["name"]), raw.get("args") or (),
+        task = Task(fn or MissingTaskFunction(raw["name"]), raw.get("args") or (),
                     raw.get("kwargs") or None, name=options.get("name") or raw["name"],
                     priority=int(options.get("priority", 0)))
         return DeadLetter(task=task, task_id=raw["id"], exception=_failure(error),
@@ -399,7 +398,7 @@ class RedisBroker(ProducerSide, ConsumerSide, StatusSide, Broker):
         dashboard's, the command line's) requeues it by name, with the
         options it failed with, as :meth:`requeue_dead` does.
         """
-        if isinstance(message.fn, _Unregistered):
+        if isinstance(message.fn, MissingTaskFunction):  # requeued by name, from what Redis holds
             body, meta = self._encode_letter(letter)
         else:
             body, meta = self._encode(message)

@@ -17,8 +17,8 @@ import time
 import traceback as traceback_module
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..deadletter import DeadLetter
-from ..errors import TaskFailed, TaskQueueError
+from ..deadletter import DeadLetter, MissingTaskFunction
+from ..errors import TaskFailed
 from ..message import Message
 from ..task import Task
 
@@ -26,16 +26,6 @@ __all__ = ["CRASHES_FORGIVEN"]
 
 CRASHES_FORGIVEN = 2
 """Deliveries past ``retries + CRASHES_FORGIVEN`` make a task a dead letter (as the journal)."""
-
-
-class _Unregistered:
-    """Stands in, in a dead letter, for a task function this process does not register."""
-
-    def __init__(self, name: str) -> None:
-        self.__qualname__ = self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TaskQueueError(f"no task function named {self.name!r} is registered")
 
 
 def _round_trip(args: List[Any], kwargs: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
@@ -111,7 +101,7 @@ def _letter(message: Message, exc: BaseException, text: str,
 
 
 def _local_letter(message: Message, exc: BaseException) -> DeadLetter:
-    return DeadLetter(task=Task(message.fn or _Unregistered(message.name), message.args,
+    return DeadLetter(task=Task(message.fn or MissingTaskFunction(message.name), message.args,
                                 message.kwargs, name=message.name),
                       task_id=message.id, exception=exc, traceback=None,
                       attempts=message.attempts, submitted_at=time.time(), failed_at=time.time())
