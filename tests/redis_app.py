@@ -18,6 +18,8 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from taskqueue import RedisBroker, TaskQueue
 
@@ -29,8 +31,13 @@ queue = TaskQueue(
     broker=RedisBroker(URL, namespace=NAMESPACE,
                        visibility_timeout=float(os.environ.get("TQ_TEST_VISIBILITY", "30"))),
     workers=int(os.environ.get("TQ_TEST_WORKERS", "4")), maxsize=0)
-# Blocking pops wait up to a minute: longer than redis-py's default socket timeout.
-_client = redis.Redis.from_url(URL, socket_timeout=90)
+# Blocking pops wait up to a minute: longer than redis-py's default socket
+# timeout. The tasks' own notes retry through an outage for up to ~20 s (a
+# test that restarts Redis): a note that met it is the task's own I/O
+# failing, which says nothing of the queue the tests are about.
+_client = redis.Redis.from_url(URL, socket_timeout=90,
+                               retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 40),
+                               retry_on_error=[redis.ConnectionError])
 
 
 def log_key(name: str) -> str:
