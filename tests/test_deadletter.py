@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
@@ -220,9 +220,10 @@ def test_two_threads_requeueing_one_letter_run_it_once() -> None:
         assert runs == [7, 7]
 
 
-@pytest.mark.timeout(30)
-def test_a_requeue_timeout_bounds_the_wait_whatever_submit_timeout_says(gate: Any) -> None:
-    queue = TaskQueue(workers=1, maxsize=1, submit_timeout=None)  # submits wait for ever
+def full_queue_with_a_letter(gate: Any, submit_timeout: Optional[float]) -> Tuple[TaskQueue,
+                                                                                  DeadLetter]:
+    """A queue of one slot, taken, its one worker held at ``gate``; and a dead letter of it."""
+    queue = TaskQueue(workers=1, maxsize=1, submit_timeout=submit_timeout)
     charge, runs = failing_once()
     queue.submit(charge, 1)
     assert queue.join(WAIT)
@@ -230,6 +231,12 @@ def test_a_requeue_timeout_bounds_the_wait_whatever_submit_timeout_says(gate: An
     queue.submit(gate.wait)
     gate.wait_for_arrivals(1)
     queue.submit(abs, -1)  # the one slot is taken
+    return queue, letter
+
+
+@pytest.mark.timeout(30)
+def test_a_requeue_timeout_bounds_the_wait_whatever_submit_timeout_says(gate: Any) -> None:
+    queue, letter = full_queue_with_a_letter(gate, submit_timeout=None)  # submits wait for ever
     with pytest.raises(QueueFull):
         queue.requeue(letter, timeout=0.05)
     with pytest.raises(ValueError, match="timeout"):
@@ -243,14 +250,7 @@ def test_a_requeue_timeout_bounds_the_wait_whatever_submit_timeout_says(gate: An
 
 
 def test_a_requeue_that_finds_no_room_keeps_the_letter(gate: Any) -> None:
-    queue = TaskQueue(workers=1, maxsize=1, submit_timeout=0.05)
-    charge, runs = failing_once()
-    queue.submit(charge, 1)
-    assert queue.join(WAIT)
-    letter = queue.dead_letters()[0]
-    queue.submit(gate.wait)
-    gate.wait_for_arrivals(1)
-    queue.submit(abs, -1)  # the one slot is taken
+    queue, letter = full_queue_with_a_letter(gate, submit_timeout=0.05)
     with pytest.raises(QueueFull):
         queue.requeue(letter)
     assert queue.dead_letters() == [letter]
