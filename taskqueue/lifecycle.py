@@ -1,9 +1,9 @@
 """A queue's lifecycle: new, running, closed; starting, shutting down, breaking.
 
 :class:`Lifecycle` owns the one piece of state every public method checks
-(may this queue be used?). It starts the queue under its lock: the broker
-opened, the consumers started, what a durable broker's last run left taken
-back, and only then ready, so a submit racing the first one never writes
+(may this queue be used?). It starts the queue: the broker opened, the
+consumers started, what a durable broker's last run left taken back, and
+only then ready, so a submit racing the first one waits and never writes
 what recovery would read as left over. It runs the shutdown sequence, like
 ``ThreadPoolExecutor.shutdown``: a flag under a lock, then the broker
 closed, then what must be cancelled cancelled, then the consumers told to
@@ -78,6 +78,8 @@ class Lifecycle:
         """True only while accepting: the one check on submit's fast path."""
         self.forked = False
         """True in a forked child: the queue's threads do not exist here."""
+        self._recovery: Optional[threading.Event] = None  # set once recovery has run
+        self._recovering_thread: Optional[int] = None
         self._broken: Optional[QueueBroken] = None
         self._stopping = False
         self._wind_down: Optional[threading.Thread] = None
@@ -95,8 +97,10 @@ class Lifecycle:
                 opens only the broker's producer side (``consume=False``).
 
         Returns:
-            If this call started the queue, the handles of the tasks the
-            broker took back (see :meth:`Broker.recover`); None if it ran already.
+            If this call ran the broker's recovery, the handles of the tasks
+            it took back (see :meth:`Broker.recover`); None otherwise. Recovery
+            runs once, on the first start that gets past opening and starting
+            consumers; a call racing it returns once it has run.
 
         Raises:
             QueueClosed: the queue was shut down, is broken, or belongs to a parent process.
@@ -104,8 +108,7 @@ class Lifecycle:
         """
         with self._lock:
             self.check_usable()
-            first = self.phase == NEW
-            if first:
+            if self.phase == NEW:
                 self._broker.open()
                 self.phase = OPEN
             if consume and not self.consuming:
@@ -114,18 +117,32 @@ class Lifecycle:
                 self.supervisor.start()
                 self.consuming = True
                 self.phase = RUNNING
-            if not first:
-                return None
-            try:
-                # Under the lock and before ready: a journal takes every row
-                # in its file for one left by the last run, so no submit may
-                # commit one until recovery has read them. A concurrent first
-                # submit waits here for the lock; a worker's waits likewise
-                # (recovery never waits for a worker). No events are sent
-                # here: they run user code, which the caller sends them to.
-                return self._broker.recover()
-            finally:
-                self.ready = True  # a failed recovery leaves the rows for next time
+            recovery, ours = self._recovery, self._recovery is None
+            if ours:
+                recovery = self._recovery = threading.Event()
+                self._recovering_thread = threading.get_ident()
+        if not ours:
+            # A journal takes every row in its file for one left by the last
+            # run: no submit may commit one until recovery has read them. So
+            # a racing first submit waits for it, outside the lock (shutdown
+            # and broken() take the lock meanwhile). Not in the recovering
+            # thread itself (a signal handler that submits): it would wait
+            # for itself.
+            if self._recovering_thread != threading.get_ident():
+                recovery.wait()  # type: ignore[union-attr]
+            return None
+        try:
+            # Outside the lock: a shutdown meanwhile closes the broker, and
+            # recovery stops there (the rest stays in the file). No events
+            # are sent here: they run user code, which the caller sends them to.
+            return self._broker.recover()
+        finally:
+            with self._lock:
+                # A failed recovery leaves the rows for next time; a shutdown
+                # or a break meanwhile has said not ready for good.
+                self.ready = self.phase != CLOSED and self._broken is None and not self.forked
+            self._recovering_thread = None
+            recovery.set()  # type: ignore[union-attr]
 
     def check_usable(self) -> None:
         """Raise the error a caller gets from a queue it may not use (none if it may)."""

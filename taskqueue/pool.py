@@ -237,6 +237,10 @@ class TaskQueue(Executor):
         Raises:
             QueueClosed: the queue was shut down (or belongs to a parent process).
             ValueError: ``workers`` is below 1, or the workers run already.
+            JournalError: the journal could not be opened, or what the last
+                run left could not be read back (the queue then runs on, and
+                the rows stay in the file for the next start); a ``submit()``
+                that starts the queue raises it too.
         """
         if workers is not None:
             validate.whole_number("workers", workers, minimum=1)
@@ -648,8 +652,10 @@ class TaskQueue(Executor):
 
         Raises:
             TypeError: ``dead_letter`` is not a DeadLetter.
+            TypeError: ``timeout`` is not a number or None.
             ValueError: the letter is not held any more (requeued, purged,
-                or dropped past ``dead_letter_limit``), or ``timeout`` is negative.
+                or dropped past ``dead_letter_limit``), or ``timeout`` is
+                negative or not finite (None waits for ever).
             QueueFull, QueueClosed: as :meth:`submit` (the letter is kept).
         """
         if not isinstance(dead_letter, DeadLetter):

@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from taskqueue import (Backoff, EventKind, JournalError, JournalLocked, JournalView, TaskQueue,
-                       TaskState)
+from taskqueue import (Backoff, EventKind, JournalError, JournalLocked, JournalView, QueueClosed,
+                       TaskQueue, TaskState)
+from taskqueue.brokers.journal import JournalBroker
 from taskqueue.journal import APPLICATION_ID, SCHEMA_VERSION, Journal
 
 from conftest import WAIT, Gate
@@ -996,3 +997,102 @@ def test_journaled_asubmit_does_not_block_the_event_loop_for_the_commit(path: st
         assert asyncio.run(main()) == "wait"
     finally:
         queue.shutdown()
+
+
+# -- recovery, and what races it ---------------------------------------------------------
+
+class HeldRecovery(JournalBroker):
+    """A journal broker whose recovery waits at ``gate`` before it reads the file back."""
+
+    def __init__(self, path: str, gate: Gate, fail_first_start: bool = False) -> None:
+        super().__init__(Journal(path))
+        self.gate = gate
+        self.fail_first_start = fail_first_start
+
+    def start(self) -> None:
+        if self.fail_first_start:
+            self.fail_first_start = False
+            raise JournalError("injected: the owner row was not written")
+        super().start()
+
+    def recover(self) -> List[Any]:
+        self.gate.wait()
+        return super().recover()
+
+
+def leave_rows(path: str, count: int) -> None:
+    journal = Journal(path)
+    for n in range(count):
+        journal.record_submit(f"old{n}", "job", json.dumps([n]), "{}", {})
+    journal.close()
+
+
+def test_a_shutdown_while_recovery_runs_is_not_held_up_by_it(path: str, gate: Gate) -> None:
+    # Given a queue whose first start is recovering rows a stopped run left
+    leave_rows(path, 3)
+    queue = TaskQueue(broker=HeldRecovery(path, gate), workers=1)
+    queue.task(name="job")(lambda n: n)
+    errors: List[BaseException] = []
+
+    def start() -> None:
+        try:
+            queue.start()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    gate.wait_for_arrivals(1)
+    # When another thread (a signal handler, say) shuts it down meanwhile,
+    # it returns without waiting for the recovery (which it would wait for ever)
+    queue.shutdown(wait=False, cancel_futures=True)
+    gate.open()
+    starter.join(WAIT)
+    assert not starter.is_alive() and errors == []
+    # Then the queue is closed for good, and the rows are kept for the next run
+    with pytest.raises(QueueClosed):
+        queue.submit(abs, 1)
+    queue.shutdown()
+    again = TaskQueue(journal=path, workers=1)
+    ran: List[int] = []
+    again.task(name="job")(ran.append)
+    with again:
+        assert again.join(WAIT) and sorted(ran) == [0, 1, 2] and again.recovered == 3
+
+
+def test_a_submit_racing_recovery_waits_for_it_and_runs_once(path: str, gate: Gate) -> None:
+    leave_rows(path, 2)
+    queue = TaskQueue(broker=HeldRecovery(path, gate), workers=2)
+    ran: List[int] = []
+    job = queue.task(name="job")(ran.append)
+    starter = threading.Thread(target=queue.start)
+    starter.start()
+    gate.wait_for_arrivals(1)
+    handles: List[Any] = []
+    submitter = threading.Thread(target=lambda: handles.append(job.submit(9)))
+    submitter.start()
+    gate.open()
+    starter.join(WAIT)
+    submitter.join(WAIT)
+    assert queue.join(WAIT)
+    assert sorted(ran) == [0, 1, 9] and queue.recovered == 2
+    assert handles[0].result(WAIT) is None
+    queue.shutdown()
+
+
+def test_a_first_start_that_fails_recovers_on_the_next(path: str, gate: Gate) -> None:
+    # Given rows left, and a first start that fails after opening the file
+    leave_rows(path, 2)
+    gate.open()
+    queue = TaskQueue(broker=HeldRecovery(path, gate, fail_first_start=True), workers=1)
+    ran: List[int] = []
+    job = queue.task(name="job")(ran.append)
+    with pytest.raises(JournalError, match="injected"):
+        queue.start()
+    # When it is started again, the rows left are run, once, and it takes new work
+    queue.start()
+    assert job.submit(5).result(WAIT) is None
+    assert queue.join(WAIT)
+    assert sorted(ran) == [0, 1, 5] and queue.recovered == 2
+    assert queue.stats().submitted == 3 and queue.stats().succeeded == 3
+    queue.shutdown()
