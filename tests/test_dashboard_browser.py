@@ -422,6 +422,32 @@ def test_on_a_public_address_the_page_asks_for_the_token_before_it_shows_anythin
         context.close()
 
 
+def test_on_a_public_address_a_cancelled_token_form_waits_for_a_click(
+        make_queue: Any, serve: Any, browser: Browser) -> None:
+    queue = make_queue(workers=1)
+    dashboard = serve(queue, token=TOKEN, host="0.0.0.0")
+    context = browser.new_context()
+    try:
+        view = Watched(context.new_page())
+        view.page.goto(f"http://127.0.0.1:{dashboard.port}/")
+        view.testid("token-cancel").click()
+        # The form is not asked again by itself: a button in the top bar does
+        expect(view.testid("token-needed")).to_be_visible(timeout=EXPECT_MS)
+        expect(view.testid("status-text")).to_contain_text("needs the dashboard's token",
+                                                           timeout=EXPECT_MS)
+        asked = {urlsplit(u).path for u in view.urls if "/api/" in u}
+        expect(view.testid("token-prompt")).to_have_count(0)
+        view.testid("token-needed").click()
+        view.testid("token-input").fill(TOKEN)
+        view.testid("token-submit").click()
+        expect(view.testid("status-text")).to_contain_text("updated", timeout=EXPECT_MS)
+        expect(view.testid("token-needed")).to_have_count(0)
+        assert asked == {"/api/config"}  # meanwhile only the config, every 2 s, was asked
+        assert view.errors == []
+    finally:
+        context.close()
+
+
 # -- refusing ------------------------------------------------------------------------
 
 def test_without_a_token_the_page_has_no_buttons(make_queue: Any, serve: Any,

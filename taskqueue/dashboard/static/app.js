@@ -41,6 +41,8 @@
     lookupSeq: 0,
     memoryToken: null,     // where the token lives if sessionStorage is unavailable
     tokenPrompt: null,     // the pending prompt's promise
+    tokenDeclined: false,  // the form was cancelled: reads that need the token wait for a click
+    configured: false,     // /api/config has been read
     messageTimer: null,
   };
 
@@ -183,9 +185,15 @@
         body = null;
       }
       if (response.status === 401) {
-        if (token && readToken() === token) forgetToken();
+        const current = readToken();
+        if (current && current !== token) continue;  // one came meanwhile: use it
+        if (token) forgetToken();
+        if (state.tokenDeclined) throw new HttpError(401, body);
         const typed = await askToken(refused || Boolean(token));
-        if (!typed) throw new HttpError(401, body);
+        if (!typed) {
+          declineToken();
+          throw new HttpError(401, body);
+        }
         storeToken(typed);
         refused = true;
         continue;
@@ -193,6 +201,22 @@
       if (!response.ok) throw new HttpError(response.status, body);
       return body;
     }
+  }
+
+  // The form was cancelled on a dashboard whose reads need the token: ask
+  // no more until the user says so (a button in the top bar), rather than
+  // at every refresh.
+  function declineToken() {
+    if (state.tokenDeclined) return;
+    state.tokenDeclined = true;
+    const again = el("button", { cls: "btn", testid: "token-needed", text: "Enter token",
+                                 attrs: { type: "button" } });
+    again.addEventListener("click", function () {
+      state.tokenDeclined = false;
+      again.remove();
+      if (state.configured) refreshSoon();  // else start() asks again within 2 s
+    });
+    document.querySelector(".topbar-right").append(again);
   }
 
   // -- refreshing ---------------------------------------------------------------
@@ -212,6 +236,7 @@
       }
     }
     applyConfig(config);
+    state.configured = true;
     const fromHash = taskIdFromHash();
     if (fromHash) lookup(fromHash);
     window.addEventListener("hashchange", function () {
@@ -251,6 +276,10 @@
     clearTimeout(state.timer);
     let ok = true;
     try {
+      if (state.tokenDeclined) {  // nothing to ask until the token is given
+        ok = false;
+        return;
+      }
       const parts = [
         ["/api/stats", renderStats], ["/api/series", renderSeries],
         ["/api/overview", renderOverview], ["/api/dead?limit=" + MAX_DEAD_SHOWN, renderDead],
@@ -295,7 +324,8 @@
       setText("status-text", "updated " + fmtClock(state.lastUpdate));
     } else {
       const since = state.lastUpdate ? " \u00b7 last update " + fmtClock(state.lastUpdate) : "";
-      setText("status-text", "connection lost" + since);
+      setText("status-text", (state.tokenDeclined ? "needs the dashboard's token" : "connection lost")
+              + since);
     }
     status.classList.toggle("lost", !ok);
     status.classList.toggle("live", ok);
