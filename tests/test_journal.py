@@ -1049,9 +1049,11 @@ def test_a_shutdown_while_recovery_runs_is_not_held_up_by_it(path: str, gate: Ga
     gate.open()
     starter.join(WAIT)
     assert not starter.is_alive() and errors == []
-    # Then the queue is closed for good, and the rows are kept for the next run
+    # Then the queue is closed for good; what it did not take in is not
+    # reported as pending, and the rows are kept for the next run
     with pytest.raises(QueueClosed):
         queue.submit(abs, 1)
+    assert [queue.get_task_status(f"old{n}") for n in range(3)] == [None] * 3
     queue.shutdown()
     again = TaskQueue(journal=path, workers=1)
     ran: List[int] = []

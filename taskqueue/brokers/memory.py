@@ -144,14 +144,26 @@ class MemoryBroker(Broker):
         return handle
 
     def enter_recovered(self, message: Message) -> None:
-        """Take in a message read back after a restart: past the bound, keys claimed."""
+        """Take in a message read back after a restart: past the bound, keys claimed.
+
+        Raises:
+            QueueClosed: the queue was shut down meanwhile; nothing of the
+                message is kept (its row stays for the next run).
+        """
         self._live[message.status_key] = message
         if message.key is not None and self._keys.claim(message.key, message.handle, 0.0) is None:
             self._keys.admitted(message.handle)
-        if message.due is None:
-            self._work.admit(message, bounded=False)
-        else:
-            self._enter(message, False, None)
+        try:
+            if message.due is None:
+                self._work.admit(message, bounded=False)
+            else:
+                self._enter(message, False, None)
+        except BaseException:
+            # Not taken in: not live, and not holding its key.
+            self._live.pop(message.status_key, None)
+            if message.key is not None:
+                self._keys.release(message.key, message.handle)
+            raise
 
     def when_room(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` once the queue has room (at once if it has, or is closed)."""
