@@ -708,9 +708,13 @@ class TaskQueue(Executor):
                                             Callable[[], object]]]:
         # For the interpreter-exit drain (see process.drain): how to stop this
         # queue's periodic runs, whether it is idle, and how to wait until it is.
-        # None: nothing to drain here (not started, or it only submits to a
-        # shared broker, whose tasks run elsewhere: exit does not wait for them).
-        if self._lifecycle.forked or not self._lifecycle.consuming:
+        # None: nothing to drain here (forked, or it only submits to a shared
+        # broker, whose tasks run elsewhere: exit does not wait for them). A
+        # local queue not started yet is drained too: a task of another queue
+        # may start it during the drain (a pipeline's second stage), and its
+        # tasks must be waited for, not cut off at finalization.
+        lifecycle = self._lifecycle
+        if lifecycle.forked or (self._broker.shared and not lifecycle.consuming):
             return None
         periodics = self._periodics
         broker = self._broker
